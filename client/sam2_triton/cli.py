@@ -1,0 +1,45 @@
+"""``sam2-triton``: one command line for the whole pipeline (export, serve, segment, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, help). Modules are imported only when their subcommand runs, so the
+# client works without the export (torch) or serve (nvidia-pytriton) extras installed.
+SUBCOMMANDS = {
+    "export": ("sam2_triton_export.main", "export SAM 2.1 to ONNX and install it into a model repository"),
+}
+EXTRAS = {"sam2_triton_export": "export", "sam2_triton_serve": "serve"}
+
+
+def _load(module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get(module.split(".")[0], "dev")
+        raise SystemExit(f"error: this command needs the '{extra}' extra ({exc.name} is missing): "
+                         f"pip install 'sam2-triton[{extra}]'") from exc
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sam2-triton", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((a for a in (argv or []) if a in SUBCOMMANDS), None)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:  # only the chosen subcommand's module is imported
+            _load(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    return _load(SUBCOMMANDS[args.command][0]).run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

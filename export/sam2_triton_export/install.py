@@ -1,0 +1,80 @@
+"""Install an export into a model repository without ever exposing a half-written model.
+
+Everything is first written to a staging directory next to the repository (same filesystem)
+and verified there. Installing is then a handful of ``os.replace`` calls, each atomic, done
+with SIGINT/SIGTERM held back so that Ctrl-C cannot stop it half-way; the manifest goes
+last. A crash or Ctrl-C before that point leaves the previous repository exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def staging_dir(repository: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh directory beside ``repository`` (not inside: Triton would see it as a model)."""
+    repo = Path(repository).resolve()
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{repo.name}.staging-", dir=repo.parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold back SIGINT/SIGTERM (main thread only) and re-raise them afterwards."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: pending.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in pending:
+            os.kill(os.getpid(), s)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def install(staged: Path, repository: str | os.PathLike[str], files: list[str],
+            last: str) -> None:
+    """Move ``files`` (paths relative to ``staged``) into ``repository``, then ``last``.
+
+    Each target is replaced atomically; existing files not listed are left alone.
+    """
+    repo = Path(repository)
+    for rel in [*files, last]:
+        _fsync_file(staged / rel)
+    with _signals_deferred():
+        for rel in [*files, last]:
+            target = repo / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(staged / rel, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                # staging on another filesystem: copy beside the target, then rename
+                tmp = target.with_name(f".{target.name}.tmp")
+                shutil.copyfile(staged / rel, tmp)
+                _fsync_file(tmp)
+                os.replace(tmp, target)

@@ -1,0 +1,238 @@
+"""Triton model configurations for the SAM 2.1 encoder and decoder, built as Triton's own protobuf.
+
+Two flavours of one repository (``model_repository/``):
+
+- ``gpu`` (``<model>/config.pbtxt``, used by docker compose): ONNX Runtime backend on the GPU
+  with the TensorRT execution accelerator in FP16, engine cache on a writable volume.
+- ``cpu`` (``<model>/configs/cpu.pbtxt``, chosen with ``--model-config-name=cpu``): the same
+  ``model.onnx`` run by onnxruntime inside a python-backend model (``1/model.py``), for machines
+  without a GPU and for the tritonserver that ships in the ``nvidia-pytriton`` wheel, which has no
+  ONNX Runtime backend.
+
+The configs are generated from ``RepositoryOptions`` so that they always match the exported ONNX
+files (dtypes depend on export options); the committed files are the output for the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from sam2_triton import spec
+
+FLAVOURS = ("gpu", "cpu")
+CPU_CONFIG_NAME = "cpu"
+MODEL_FILENAME = "model.onnx"
+MANIFEST_FILENAME = "sam2_manifest.json"
+
+# Keys the ONNX Runtime backend accepts for the "tensorrt" gpu_execution_accelerator; any other
+# key makes Triton refuse to load the model (onnxruntime_backend src/onnxruntime.cc).
+ORT_TRT_ACCELERATOR_KEYS = frozenset(
+    {
+        "precision_mode", "max_workspace_size_bytes", "trt_max_partition_iterations",
+        "trt_min_subgraph_size", "int8_calibration_table_name",
+        "int8_use_native_calibration_table", "trt_dla_enable", "trt_dla_core",
+        "trt_engine_cache_enable", "trt_engine_cache_path", "trt_engine_cache_prefix",
+        "trt_dump_subgraphs", "trt_force_sequential_engine_build",
+        "trt_context_memory_sharing_enable", "trt_layer_norm_fp32_fallback",
+        "trt_timing_cache_enable", "trt_timing_cache_path", "trt_force_timing_cache",
+        "trt_detailed_build_log", "trt_build_heuristics_enable", "trt_sparsity_enable",
+        "trt_builder_optimization_level", "trt_auxiliary_streams", "trt_tactic_sources",
+        "trt_extra_plugin_lib_paths", "trt_profile_min_shapes", "trt_profile_max_shapes",
+        "trt_profile_opt_shapes", "trt_cuda_graph_enable",
+    }
+)
+
+_DTYPES = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "uint8": mc.TYPE_UINT8,
+           "int32": mc.TYPE_INT32}
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """What the configs depend on.
+
+    image_dtype: encoder input dtype (float32 exact; float16/uint8 compact, see docs/export.md).
+    feature_dtype: dtype of the features between encoder and decoder (float32 or float16).
+    max_batch_size: largest encoder batch the dynamic batcher forms (GPU flavour).
+    cpu_max_batch_size: the same for the CPU flavour (2 cores: larger batches only add latency).
+    queue_delay_us: how long the encoder's batcher waits for a fuller batch. An encoder pass takes
+        ~10-40 ms on a GPU (seconds on CPU), so 2 ms costs <=20 % extra latency on an idle server
+        and lets concurrent images share one pass under load.
+    max_queue_size: encoder requests allowed to wait; more are rejected at once (HTTP 503/
+        gRPC UNAVAILABLE "Exceeds maximum queue size") instead of piling up.
+    queue_timeout_us: a queued encoder request older than this is rejected.
+    max_prompts: largest N (prompts per decoder call) in the TensorRT profile; the client splits
+        bigger calls. max_points: largest P (points per prompt, a box counts as 2).
+    engine_cache_dir: where TensorRT engines are cached (a writable volume in docker compose).
+    workspace_bytes: TensorRT builder workspace.
+    """
+
+    image_dtype: str = "float32"
+    feature_dtype: str = "float32"
+    max_batch_size: int = 8
+    cpu_max_batch_size: int = 4
+    queue_delay_us: int = 2000
+    max_queue_size: int = 32
+    queue_timeout_us: int = 60_000_000
+    max_prompts: int = 64
+    max_points: int = 32
+    engine_cache_dir: str = "/engine_cache"
+    workspace_bytes: int = 4 << 30
+
+    def __post_init__(self) -> None:
+        if self.image_dtype not in ("float32", "float16", "uint8"):
+            raise ValueError(f"image_dtype must be float32, float16 or uint8, got {self.image_dtype!r}")
+        if self.feature_dtype not in ("float32", "float16"):
+            raise ValueError(f"feature_dtype must be float32 or float16, got {self.feature_dtype!r}")
+
+
+def _tensor(t: spec.TensorSpec, batched: bool, io: type) -> object:
+    dims = t.shape[1:] if batched else t.shape
+    return io(name=t.name, data_type=_DTYPES[t.dtype], dims=list(dims))
+
+
+def _io(model_config: mc.ModelConfig, inputs: Iterable[spec.TensorSpec],
+        outputs: Iterable[spec.TensorSpec], batched: bool) -> None:
+    model_config.input.extend(_tensor(t, batched, mc.ModelInput) for t in inputs)
+    model_config.output.extend(_tensor(t, batched, mc.ModelOutput) for t in outputs)
+
+
+def _trt(model_config: mc.ModelConfig, model: str, opts: RepositoryOptions,
+         profile: dict[str, str] | None = None) -> None:
+    params = {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": str(opts.workspace_bytes),
+        "trt_engine_cache_enable": "true",
+        "trt_engine_cache_path": f"{opts.engine_cache_dir}/{model}",
+        "trt_timing_cache_enable": "true",
+        "trt_timing_cache_path": f"{opts.engine_cache_dir}/{model}",
+        # LayerNorm in FP32: SAM 2's transformer LayerNorms overflow in FP16.
+        "trt_layer_norm_fp32_fallback": "true",
+        **(profile or {}),
+    }
+    accel = model_config.optimization.execution_accelerators.gpu_execution_accelerator.add()
+    accel.name = "tensorrt"
+    for key, value in params.items():
+        accel.parameters[key] = value
+
+
+def _shape_str(shapes: dict[str, tuple[int, ...]]) -> str:
+    return ",".join(f"{name}:{'x'.join(str(d) for d in dims)}" for name, dims in shapes.items())
+
+
+def encoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> mc.ModelConfig:
+    """The ``sam2_encoder`` config: batched (max_batch_size > 0), dynamic batching, cache."""
+    _check_flavour(flavour)
+    gpu = flavour == "gpu"
+    cfg = mc.ModelConfig(name=spec.ENCODER_MODEL,
+                         max_batch_size=opts.max_batch_size if gpu else opts.cpu_max_batch_size)
+    cfg.backend = "onnxruntime" if gpu else "python"
+    if gpu:
+        cfg.default_model_filename = MODEL_FILENAME
+    _io(cfg, spec.encoder_inputs(opts.image_dtype), spec.encoder_outputs(opts.feature_dtype), True)
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+                           count=1)
+    db = cfg.dynamic_batching
+    db.max_queue_delay_microseconds = opts.queue_delay_us
+    db.default_queue_policy.max_queue_size = opts.max_queue_size
+    db.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    db.default_queue_policy.default_timeout_microseconds = opts.queue_timeout_us
+    db.default_queue_policy.allow_timeout_override = True
+    cfg.response_cache.enable = True
+    if gpu:
+        _trt(cfg, spec.ENCODER_MODEL, opts)
+        warm = cfg.model_warmup.add(name="image_batch_1", batch_size=1)
+        warm.inputs[spec.ENCODER_IMAGE].data_type = _DTYPES[opts.image_dtype]
+        warm.inputs[spec.ENCODER_IMAGE].dims.extend([3, spec.IMAGE_SIZE, spec.IMAGE_SIZE])
+        warm.inputs[spec.ENCODER_IMAGE].random_data = True
+    else:
+        _python_params(cfg)
+    return cfg
+
+
+def decoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> mc.ModelConfig:
+    """The ``sam2_decoder`` config: max_batch_size 0, one image and N prompts per request.
+
+    Why not Triton's dynamic batcher: a decoder request carries one image's features (16.8 MB in
+    FP32) and N prompts for that image. Batching requests of *different* images would stack their
+    features (N_images x 16.8 MB per execution) and need a per-prompt image index; batching
+    prompts of the *same* image is what N already does, without copying the features again.
+    The client therefore sends all prompts of one image (same point count) in one request.
+    """
+    _check_flavour(flavour)
+    gpu = flavour == "gpu"
+    cfg = mc.ModelConfig(name=spec.DECODER_MODEL, max_batch_size=0)
+    cfg.backend = "onnxruntime" if gpu else "python"
+    if gpu:
+        cfg.default_model_filename = MODEL_FILENAME
+    _io(cfg, spec.decoder_inputs(opts.feature_dtype), spec.decoder_outputs(), False)
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+                           count=1)
+    if gpu:
+        feats = {n: (1, *spec.FEATURE_SHAPES[n]) for n in spec.FEATURE_NAMES}
+        low = spec.LOW_RES_SIZE
+
+        def shapes(n: int, p: int) -> dict[str, tuple[int, ...]]:
+            return {**feats, spec.POINT_COORDS: (n, p, 2), spec.POINT_LABELS: (n, p),
+                    spec.MASK_INPUT: (n, 1, low, low), spec.HAS_MASK_INPUT: (n,)}
+
+        _trt(cfg, spec.DECODER_MODEL, opts, {
+            "trt_profile_min_shapes": _shape_str(shapes(1, 1)),
+            "trt_profile_opt_shapes": _shape_str(shapes(1, 2)),
+            "trt_profile_max_shapes": _shape_str(shapes(opts.max_prompts, opts.max_points)),
+        })
+        warm = cfg.model_warmup.add(name="one_click", batch_size=1)
+        for t in spec.decoder_inputs(opts.feature_dtype):
+            dims = [1 if d == -1 else d for d in t.shape]
+            if t.name == spec.POINT_COORDS:
+                dims = [1, 1, 2]
+            warm.inputs[t.name].data_type = _DTYPES[t.dtype]
+            warm.inputs[t.name].dims.extend(dims)
+            if t.name in spec.FEATURE_NAMES or t.name == spec.POINT_COORDS:
+                warm.inputs[t.name].random_data = True
+            else:
+                warm.inputs[t.name].zero_data = True
+    else:
+        _python_params(cfg)
+    return cfg
+
+
+def _python_params(cfg: mc.ModelConfig) -> None:
+    # The python-backend stub runs in isolated mode; sam2-triton serve points it at the
+    # environment that has onnxruntime (see sam2_triton_serve.launcher).
+    cfg.parameters["ORT_INTRA_OP_THREADS"].string_value = "0"
+
+
+def _check_flavour(flavour: str) -> None:
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+
+
+def render(config: mc.ModelConfig) -> str:
+    """Text protobuf (``config.pbtxt``) of a model config, with a header comment."""
+    header = "# Generated by sam2_triton_serve.repository; regenerate with `sam2-triton export`.\n"
+    return header + text_format.MessageToString(config)
+
+
+def parse(text: str) -> mc.ModelConfig:
+    """Parse a ``config.pbtxt`` with Triton's own schema (raises on unknown fields)."""
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def config_files(opts: RepositoryOptions = RepositoryOptions()) -> dict[str, str]:
+    """Every config file of the repository: relative path -> text."""
+    files = {}
+    for name, build in ((spec.ENCODER_MODEL, encoder_config), (spec.DECODER_MODEL, decoder_config)):
+        files[f"{name}/config.pbtxt"] = render(build("gpu", opts))
+        files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))
+    return files
+
+
+def model_file(repository: str | os.PathLike[str], model: str, version: int = 1) -> Path:
+    """Path of a model's ONNX file inside a repository."""
+    return Path(repository) / model / str(version) / MODEL_FILENAME
