@@ -16,10 +16,11 @@ import pickle
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import CheckpointError, DownloadError
 
@@ -65,57 +66,62 @@ def default_cache_dir() -> Path:
 
 
 def download(variant: str, dest_dir: str | os.PathLike[str] | None = None,
-             progress: Callable[[int, int], None] | None = None,
-             opener: Callable[..., Any] = urllib.request.urlopen) -> Path:
-    """Download a variant's official checkpoint, verified against the published sha256.
-
-    The file is written to ``<name>.part`` and renamed only after its size and sha256 match, so
-    a partial file never looks complete; an interrupted download resumes from the ``.part``
-    file with an HTTP Range request. An already present, verified file is reused.
-    ``progress(done_bytes, total_bytes)`` is called as data arrives.
-    """
+             progress: Callable[[int, int], None] | None = None) -> Path:
+    """Download a variant's official checkpoint into ``dest_dir``; see ``download_file``."""
     info = checkpoint_info(variant)
     dest = Path(dest_dir) if dest_dir is not None else default_cache_dir()
-    dest.mkdir(parents=True, exist_ok=True)
-    final = dest / info.file
+    return download_file(info.url, dest / info.file, info.sha256, info.bytes, progress)
+
+
+def download_file(url: str, final: Path, sha256: str, size: int,
+                  progress: Callable[[int, int], None] | None = None) -> Path:
+    """Download ``url`` to ``final``, verified against ``sha256`` and ``size``.
+
+    The data goes to ``<final>.part`` and is renamed only after size and sha256 match, so a
+    partial file never looks complete; an interrupted download resumes from the ``.part`` file
+    with an HTTP Range request. An already present, verified file is reused.
+    ``progress(done_bytes, total_bytes)`` is called as data arrives.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
-        if sha256_file(final) == info.sha256:
+        if sha256_file(final) == sha256:
             return final
         raise DownloadError(
-            f"{final} exists but its sha256 does not match the published {info.sha256}; "
+            f"{final} exists but its sha256 does not match the published {sha256}; "
             "delete it and retry")
     part = final.with_name(final.name + ".part")
     done = part.stat().st_size if part.exists() else 0
-    if done > info.bytes:
+    if done > size:
         part.unlink()
         done = 0
-    request = urllib.request.Request(info.url, headers={"User-Agent": "sam2-triton"})
+    request = urllib.request.Request(url, headers={"User-Agent": "sam2-triton"})
     if done:
         request.add_header("Range", f"bytes={done}-")
     try:
-        with opener(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             if done and getattr(response, "status", 200) != 206:
-                done = 0  # server ignored the range: start over
+                done = 0  # the server ignored the range: start over
             with open(part, "ab" if done else "wb") as out:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     done += len(chunk)
                     if progress is not None:
-                        progress(done, info.bytes)
+                        progress(done, size)
                 out.flush()
                 os.fsync(out.fileno())
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(
-            f"downloading {info.url} failed after {done} of {info.bytes} bytes ({exc}); "
+            f"downloading {url} failed after {done} of {size} bytes ({exc}); "
             f"run the command again to resume from {part}") from exc
-    if done != info.bytes:
-        raise DownloadError(f"{info.url}: got {done} bytes, expected {info.bytes}; run again to resume")
+    if done != size:
+        raise DownloadError(f"{url}: got {done} bytes, expected {size}; run the command again "
+                            f"to resume from {part}")
     actual = sha256_file(part)
-    if actual != info.sha256:
+    if actual != sha256:
         part.unlink()
         raise DownloadError(
-            f"{info.url}: sha256 {actual} does not match the published {info.sha256}; "
-            "the partial file was deleted")
+            f"{url}: sha256 {actual} does not match the published {sha256}; "
+            "the downloaded file was deleted")
     os.replace(part, final)
     return final
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: one tiny SAM 2.1 export (seeded random weights) per test session."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+
+SEED = 0
+
+
+def export_args(*argv: str) -> argparse.Namespace:
+    """Parse ``sam2-triton export`` arguments exactly as the CLI does."""
+    from sam2_triton_export import main
+
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.fixture(scope="session")
+def exported_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with the tiny variant exported (random weights, seed 0), read-only use."""
+    from sam2_triton_export import main
+
+    out = tmp_path_factory.mktemp("export") / "model_repository"
+    main.export(export_args("--variant", "tiny", "--random-weights", "--seed", str(SEED),
+                            "--output", str(out)))
+    return out
+
+
+@pytest.fixture
+def repo_copy(exported_repo: Path, tmp_path: Path) -> Path:
+    """A private copy of the exported repository that a test may modify."""
+    dst = tmp_path / "model_repository"
+    shutil.copytree(exported_repo, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def sam2_model():
+    """The same seeded SAM 2.1 tiny model the export used, built by sam2 itself."""
+    import torch
+    from sam2.build_sam import build_sam2
+
+    torch.manual_seed(SEED)
+    return build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu")
