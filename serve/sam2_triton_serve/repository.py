@@ -145,7 +145,14 @@ def encoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
     db.default_queue_policy.allow_timeout_override = True
     cfg.response_cache.enable = True
     if gpu:
-        _trt(cfg, spec.ENCODER_MODEL, opts)
+        image = {spec.ENCODER_IMAGE: (3, spec.IMAGE_SIZE, spec.IMAGE_SIZE)}
+        # One TensorRT profile for every batch size the batcher can form: no engine rebuilds.
+        _trt(cfg, spec.ENCODER_MODEL, opts, {
+            "trt_profile_min_shapes": _shape_str({k: (1, *v) for k, v in image.items()}),
+            "trt_profile_opt_shapes": _shape_str({k: (1, *v) for k, v in image.items()}),
+            "trt_profile_max_shapes": _shape_str({k: (opts.max_batch_size, *v)
+                                                  for k, v in image.items()}),
+        })
         warm = cfg.model_warmup.add(name="image_batch_1", batch_size=1)
         warm.inputs[spec.ENCODER_IMAGE].data_type = _DTYPES[opts.image_dtype]
         warm.inputs[spec.ENCODER_IMAGE].dims.extend([3, spec.IMAGE_SIZE, spec.IMAGE_SIZE])
