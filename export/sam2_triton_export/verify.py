@@ -136,7 +136,12 @@ def verify(model: torch.nn.Module, encoder: ImageEncoder, decoder: PromptDecoder
     with torch.no_grad():
         torch_feats = [t.numpy() for t in encoder(torch.from_numpy(x))]
     for name, o, t in zip(spec.FEATURE_NAMES, ort_feats, torch_feats):
-        report.onnx_vs_torch[f"encoder.{name}"] = _maxdiff(o[:1], t)
+        if feature_dtype == "float16":
+            # ONNX and PyTorch may round a value to neighbouring fp16 numbers: allow one ulp
+            excess = np.abs(o[:1].astype(np.float64) - t) - np.abs(t.astype(np.float64)) * 2.0**-10
+            report.onnx_vs_torch[f"encoder.{name}.beyond_fp16_ulp"] = float(max(0.0, excess.max()))
+        else:
+            report.onnx_vs_torch[f"encoder.{name}"] = _maxdiff(o[:1], t)
         report.onnx_vs_torch[f"encoder.{name}.batch_consistency"] = _maxdiff(o[0], o[1])
     if not np.array_equal(ort_feats[3][0], torch_feats[3][0]):
         report.failures.append("encoder fingerprint differs from the PyTorch module's")
