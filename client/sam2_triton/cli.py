@@ -1,4 +1,4 @@
-"""``sam2-triton``: one command line for the whole pipeline (export, serve, segment, demo)."""
+"""sam2-triton: one command line for the whole pipeline (export, serve, segment, demo)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,18 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# subcommand -> (module, help). Modules are imported only when their subcommand runs, so the
-# client works without the export (torch) or serve (nvidia-pytriton) extras installed.
+# subcommand -> (module, add-arguments function, run function, help). Modules are imported only
+# when their subcommand runs, so the client works without the export (torch) or serve
+# (nvidia-pytriton) extras installed.
 SUBCOMMANDS = {
-    "export": ("sam2_triton_export.main", "export SAM 2.1 to ONNX and install it into a model repository"),
+    "export": ("sam2_triton_export.main", "add_arguments", "run",
+               "export SAM 2.1 to ONNX, verify it, install it into a model repository"),
+    "serve": ("sam2_triton_serve.launcher", "add_serve_arguments", "serve_main",
+              "run the local Triton server (CPU flavour) on a model repository"),
+    "segment": ("sam2_triton.segment", "add_arguments", "run",
+                "segment an image through a running Triton server"),
+    "demo": ("sam2_triton.demo", "add_arguments", "run",
+             "export, serve locally, segment a sample image into a picture, stop"),
 }
 EXTRAS = {"sam2_triton_export": "export", "sam2_triton_serve": "serve"}
 
@@ -28,10 +36,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam2-triton", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((a for a in (argv or []) if a in SUBCOMMANDS), None)
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    for name, (module, add, _, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:  # only the chosen subcommand's module is imported
-            _load(module).add_arguments(p)
+            getattr(_load(module), add)(p)
     return parser
 
 
@@ -39,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     try:
-        return _load(SUBCOMMANDS[args.command][0]).run(args)
+        module, _, run, _ = SUBCOMMANDS[args.command]
+        return getattr(_load(module), run)(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -231,12 +231,21 @@ def parse(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
+# The CPU flavour's python-backend model: a shim onto one shared implementation.
+PYTHON_MODEL_SHIM = (
+    '"""CPU flavour: run this version\'s model.onnx with onnxruntime (shared implementation)."""\n'
+    "\n"
+    "from sam2_triton_serve.python_backend import TritonPythonModel  # noqa: F401\n"
+)
+
+
 def config_files(opts: RepositoryOptions = RepositoryOptions()) -> dict[str, str]:
-    """Every config file of the repository: relative path -> text."""
+    """Every file of the repository except the ONNX models: relative path -> text."""
     files = {}
     for name, build in ((spec.ENCODER_MODEL, encoder_config), (spec.DECODER_MODEL, decoder_config)):
         files[f"{name}/config.pbtxt"] = render(build("gpu", opts))
         files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))
+        files[f"{name}/1/model.py"] = PYTHON_MODEL_SHIM
     return files
 
 
