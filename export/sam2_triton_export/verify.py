@@ -11,6 +11,7 @@ Two checks, both on a synthetic image and a fixed set of prompts:
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -160,7 +161,9 @@ def verify(model: torch.nn.Module, encoder: ImageEncoder, decoder: PromptDecoder
             report.failures.append(f"{key}: ONNX differs from PyTorch by {value:.3g} > {tolerance:g}")
 
     # 2. End to end vs SAM2ImagePredictor.
-    predictor = SAM2ImagePredictor(model)
+    with warnings.catch_warnings():  # SAM2Transforms uses torch.jit.script (deprecated)
+        warnings.simplefilter("ignore", FutureWarning)
+        predictor = SAM2ImagePredictor(model)
     predictor.set_image(image)
     ref_feats = [predictor._features["image_embed"], *predictor._features["high_res_feats"]]
     for name, o, r in zip(spec.FEATURE_NAMES, ort_feats, ref_feats):

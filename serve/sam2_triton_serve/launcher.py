@@ -203,10 +203,14 @@ def check_port_free(address: str, port: int, what: str = "") -> None:
 
 
 def check_models_exported(
-    repository: Path, models: Sequence[str] = (ENCODER_MODEL, DECODER_MODEL)
+    repository: Path,
+    models: Sequence[str] = (ENCODER_MODEL, DECODER_MODEL),
+    python_models: bool = False,
 ) -> None:
-    """Raise ``ModelsNotExportedError`` naming every missing ``<model>/1/model.onnx``."""
-    missing = [repository / m / "1" / ONNX_FILENAME for m in models]
+    """Raise ``ModelsNotExportedError`` naming every missing ``<model>/1/model.onnx`` (and,
+    for the python-backend CPU flavour, ``<model>/1/model.py``)."""
+    names = (ONNX_FILENAME, "model.py") if python_models else (ONNX_FILENAME,)
+    missing = [repository / m / "1" / n for m in models for n in names]
     missing = [p for p in missing if not p.is_file()]
     if missing:
         names = ", ".join(str(p) for p in missing)
@@ -215,6 +219,9 @@ def check_models_exported(
             f"run `sam2-triton export --output {repository}` first",
             missing=missing,
         )
+
+
+_STUB_FAILED = re.compile(r"Failed to preinitialize Python stub: ([^\n]*)")
 
 
 def _family(address: str) -> socket.AddressFamily:
@@ -418,7 +425,8 @@ class LocalTritonServer:
                 f"`sam2-triton export --output {self.model_repository}`",
                 missing=[self.model_repository],
             )
-        check_models_exported(self.model_repository, self.required_models)
+        check_models_exported(self.model_repository, self.required_models,
+                              python_models=self.model_config_name == "cpu")
         for what, port in (
             ("HTTP", self.http_port),
             ("gRPC", self.grpc_port),
@@ -463,6 +471,14 @@ class LocalTritonServer:
             code = self._process.poll()
             if code is not None:
                 raise self._exit_error(code)
+            stub_failure = _STUB_FAILED.search(self.read_log())
+            if stub_failure:  # Triton keeps waiting for such a stub; don't wait with it
+                raise ModelLoadError(
+                    self._describe("the python backend could not start a model",
+                                   [stub_failure.group(0).strip()]),
+                    failures={"python_backend": stub_failure.group(1).strip()},
+                    reasons=[stub_failure.group(0).strip()], log_path=self._log_path,
+                    returncode=None)
             with contextlib.suppress(OSError):  # URLError, refused, reset: not up yet
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
