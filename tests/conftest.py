@@ -47,3 +47,12 @@ def sam2_model():
 
     torch.manual_seed(SEED)
     return build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def triton_server(exported_repo: Path):
+    """The real local tritonserver (CPU flavour) on free ports, serving ``exported_repo``."""
+    from sam2_triton_serve.launcher import LocalTritonServer
+
+    with LocalTritonServer(exported_repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+        yield server

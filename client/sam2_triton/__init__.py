@@ -1,0 +1,74 @@
+"""sam2-triton client: Meta's SAM 2.1 served by NVIDIA Triton, used from Python without torch.
+
+    from sam2_triton import SAM2Client, Prompt
+
+    with SAM2Client("localhost:8001") as client:
+        emb = client.encode("photo.jpg")
+        pred = client.decode(emb, Prompt(point_coords=[[500, 375]], point_labels=[1]))
+
+``AsyncSAM2Client`` is the asyncio twin; ``SAM2ImagePredictor`` mirrors SAM 2's predictor API.
+The clients (and tritonclient) are imported on first use, so ``import sam2_triton`` is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    EmbeddingMismatchError,
+    InferenceError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidPromptError,
+    ModelNotReadyError,
+    RequestTimeoutError,
+    SAM2TritonError,
+    ServerBusyError,
+    ServerError,
+    ServerUnavailableError,
+)
+from .types import CacheStats, ImageEmbedding, Prediction, Prompt
+
+if TYPE_CHECKING:
+    from .aio import AsyncSAM2Client
+    from .client import SAM2Client
+    from .predictor import SAM2ImagePredictor
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "SAM2Client": ".client",
+    "AsyncSAM2Client": ".aio",
+    "SAM2ImagePredictor": ".predictor",
+}
+
+__all__ = [
+    "AsyncSAM2Client",
+    "CacheStats",
+    "EmbeddingMismatchError",
+    "ImageEmbedding",
+    "InferenceError",
+    "InvalidImageError",
+    "InvalidInputError",
+    "InvalidPromptError",
+    "ModelNotReadyError",
+    "Prediction",
+    "Prompt",
+    "RequestTimeoutError",
+    "SAM2Client",
+    "SAM2ImagePredictor",
+    "SAM2TritonError",
+    "ServerBusyError",
+    "ServerError",
+    "ServerUnavailableError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

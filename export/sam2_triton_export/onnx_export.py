@@ -40,6 +40,28 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path,
             module, args, str(path), input_names=_names(inputs), output_names=_names(outputs),
             dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
         )
+    _annotate_outputs(path, outputs, axes)
+
+
+def _annotate_outputs(path: Path, outputs: tuple[spec.TensorSpec, ...],
+                      axes: dict[str, dict[int, str]]) -> None:
+    """Write the spec's output shapes into the graph (the tracer loses them after reshapes),
+    so Triton, TensorRT and readers see [N,4,256,256] instead of four unknown dimensions."""
+    import onnx
+
+    model = onnx.load(str(path))
+    by_name = {t.name: t for t in outputs}
+    for value in model.graph.output:
+        t = by_name[value.name]
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for i, d in enumerate(t.shape):
+            dim = dims.add()
+            if d == -1:
+                dim.dim_param = axes.get(t.name, {}).get(i, f"{t.name}_{i}")
+            else:
+                dim.dim_value = d
+    onnx.save(model, str(path))
 
 
 def export_encoder(encoder: ImageEncoder, path: str | os.PathLike[str]) -> None:

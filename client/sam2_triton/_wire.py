@@ -1,0 +1,249 @@
+"""Wire formats (no transport): model metadata, request tensors, response parsing, shm regions.
+
+Functions that build ``InferInput`` objects take the tritonclient module (``tritonclient.http``,
+``tritonclient.grpc`` or their ``aio`` variants): their ``InferInput``/``InferRequestedOutput``
+share one API, so sync and async clients build byte-identical requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Protocol
+
+import numpy as np
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
+
+from . import spec, transforms
+from ._validate import DecodeChunk
+from .errors import EmbeddingMismatchError, InferenceError, InvalidImageError
+from .types import ImageEmbedding, Prediction
+
+logger = logging.getLogger(__name__)
+
+_IMAGE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint8))
+_FEATURE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+class InferResultLike(Protocol):
+    """What both tritonclient ``InferResult`` classes offer."""
+
+    def as_numpy(self, name: str) -> np.ndarray | None: ...
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """Discovered from the encoder's metadata/config: wire dtypes and the largest batch."""
+
+    image_dtype: np.dtype
+    feature_dtype: np.dtype
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
+class DecoderInfo:
+    """Discovered from the decoder's metadata: the dtype it expects for the features."""
+
+    feature_dtype: np.dtype
+
+
+def _tensor_dtype(meta: Mapping[str, Any], kind: str, name: str, model: str) -> np.dtype:
+    for tensor in meta.get(kind, []):
+        if tensor.get("name") == name:
+            return np.dtype(triton_to_np_dtype(tensor.get("datatype", "")))
+    raise InferenceError(
+        f"model {model!r} has no {kind[:-1]} {name!r}; is it a sam2-triton export? "
+        f"(metadata {kind}: {[t.get('name') for t in meta.get(kind, [])]})"
+    )
+
+
+def parse_encoder_info(
+    meta: Mapping[str, Any], config: Mapping[str, Any], model: str
+) -> EncoderInfo:
+    """Parse ``get_model_metadata`` / ``get_model_config`` answers (HTTP dicts or gRPC JSON)."""
+    image = _tensor_dtype(meta, "inputs", spec.ENCODER_IMAGE, model)
+    feats = _tensor_dtype(meta, "outputs", spec.IMAGE_EMBED, model)
+    if image not in _IMAGE_DTYPES or feats not in _FEATURE_DTYPES:
+        raise InferenceError(
+            f"model {model!r} serves image {image} / features {feats}; this client supports "
+            "image float32/float16/uint8 and features float32/float16"
+        )
+    cfg = config.get("config", config)  # gRPC wraps the config, HTTP does not
+    max_batch = int(cfg.get("max_batch_size", 0) or 0)
+    return EncoderInfo(image, feats, max(1, max_batch))
+
+
+def parse_decoder_info(meta: Mapping[str, Any], model: str) -> DecoderInfo:
+    feats = _tensor_dtype(meta, "inputs", spec.IMAGE_EMBED, model)
+    if feats not in _FEATURE_DTYPES:
+        raise InferenceError(f"model {model!r} expects features of dtype {feats}")
+    return DecoderInfo(feats)
+
+
+# --- images ----------------------------------------------------------------------------------
+def load_image01(image: object) -> np.ndarray:
+    """``load_image`` plus a shape check: ``HxWx3`` float32 in [0, 1]."""
+    image01 = transforms.load_image(image)
+    if image01.ndim != 3 or image01.shape[2] != 3 or min(image01.shape[:2]) < 1:
+        raise InvalidImageError(f"image must decode to HxWx3 pixels, got shape {image01.shape}")
+    return image01
+
+
+def to_wire_image(image01: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Resize to ``3x1024x1024`` and convert to the encoder's input dtype (uint8: round(x*255))."""
+    resized = transforms.resize_to_model(image01, size=spec.IMAGE_SIZE)
+    if dtype == np.uint8:
+        return np.clip(np.round(resized * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(resized, dtype=dtype)
+
+
+# --- requests --------------------------------------------------------------------------------
+def data_input(mod: ModuleType, name: str, array: np.ndarray) -> Any:
+    array = np.ascontiguousarray(array)
+    inp = mod.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+    inp.set_data_from_numpy(array)
+    return inp
+
+
+def requested_outputs(mod: ModuleType, names: Sequence[str]) -> list[Any]:
+    return [mod.InferRequestedOutput(n) for n in names]
+
+
+ENCODER_OUTPUTS = (*spec.FEATURE_NAMES, spec.FINGERPRINT)
+DECODER_OUTPUTS = (
+    spec.LOW_RES_MASKS,
+    spec.IOU_PREDICTIONS,
+    spec.OBJECT_SCORE_LOGITS,
+    spec.FINGERPRINT,
+)
+
+
+def decoder_features(embedding: ImageEmbedding, dtype: np.dtype) -> dict[str, np.ndarray]:
+    """The three feature tensors ``[1, ...]`` in the decoder's dtype."""
+    return {n: np.ascontiguousarray(a, dtype=dtype) for n, a in embedding.features().items()}
+
+
+def chunk_inputs(mod: ModuleType, chunk: DecodeChunk) -> list[Any]:
+    return [
+        data_input(mod, spec.POINT_COORDS, chunk.point_coords),
+        data_input(mod, spec.POINT_LABELS, chunk.point_labels),
+        data_input(mod, spec.MASK_INPUT, chunk.mask_input),
+        data_input(mod, spec.HAS_MASK_INPUT, chunk.has_mask_input),
+    ]
+
+
+# --- responses -------------------------------------------------------------------------------
+def _output(result: InferResultLike, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    arr = result.as_numpy(name)
+    if arr is None:
+        raise InferenceError(f"the server's response lacks output {name!r}")
+    if arr.size != int(np.prod(shape)):
+        raise InferenceError(f"output {name!r} has shape {arr.shape}, expected {shape}")
+    return arr.reshape(shape)
+
+
+def parse_encoder_result(
+    result: InferResultLike, hws: Sequence[tuple[int, int]]
+) -> list[ImageEmbedding]:
+    """Split a ``[B, ...]`` encoder response into ``B`` embeddings (copies, not views)."""
+    b = len(hws)
+    feats = {n: _output(result, n, (b, *spec.FEATURE_SHAPES[n])) for n in spec.FEATURE_NAMES}
+    fps = _output(result, spec.FINGERPRINT, (b, spec.FINGERPRINT_LEN)).astype(np.int32)
+    return [
+        ImageEmbedding(
+            **{n: np.array(a[i : i + 1], copy=True) for n, a in feats.items()},
+            orig_hw=hws[i],
+            fingerprint=np.array(fps[i], copy=True),
+        )
+        for i in range(b)
+    ]
+
+
+def check_fingerprint(served: np.ndarray, embedding: ImageEmbedding, decoder: str) -> None:
+    served = np.asarray(served, dtype=np.int32).reshape(-1)
+    if not np.array_equal(served, embedding.fingerprint.reshape(-1)):
+        raise EmbeddingMismatchError(
+            f"the embedding was computed by other model weights (fingerprint "
+            f"{embedding.fingerprint.tolist()}) than decoder {decoder!r} uses "
+            f"({served.tolist()}); re-encode the image with this server"
+        )
+
+
+def parse_decoder_result(
+    result: InferResultLike,
+    n: int,
+    embedding: ImageEmbedding,
+    decoder: str,
+    multimask_output: bool,
+    return_logits: bool,
+    mask_threshold: float,
+) -> list[Prediction]:
+    """Check the fingerprint, select masks, upsample: ``n`` predictions in chunk order."""
+    check_fingerprint(
+        _output(result, spec.FINGERPRINT, (spec.FINGERPRINT_LEN,)), embedding, decoder
+    )
+    lr_shape = (n, spec.NUM_MASK_TOKENS, spec.LOW_RES_SIZE, spec.LOW_RES_SIZE)
+    low_res = _output(result, spec.LOW_RES_MASKS, lr_shape).astype(np.float32, copy=False)
+    iou = _output(result, spec.IOU_PREDICTIONS, (n, spec.NUM_MASK_TOKENS)).astype(np.float32)
+    obj = _output(result, spec.OBJECT_SCORE_LOGITS, (n,)).astype(np.float32)
+    sel_low, sel_iou = transforms.select_masks(low_res, iou, multimask_output)
+    masks, low_clamped = transforms.postprocess(
+        sel_low, embedding.orig_hw, return_logits, mask_threshold=mask_threshold
+    )
+    return [
+        Prediction(
+            masks=masks[i],
+            scores=np.asarray(sel_iou[i], dtype=np.float32),
+            low_res_logits=np.asarray(low_clamped[i], dtype=np.float32),
+            object_score_logits=float(obj[i]),
+        )
+        for i in range(n)
+    ]
+
+
+# --- system shared memory --------------------------------------------------------------------
+class FeatureRegion:
+    """A system shared-memory region holding one embedding's three feature tensors.
+
+    Created and filled locally; the caller registers ``name``/``key``/``byte_size`` with the
+    server, passes ``offsets`` to ``set_shared_memory`` and must ``destroy()`` it in a finally.
+    """
+
+    def __init__(self, features: Mapping[str, np.ndarray]) -> None:
+        import tritonclient.utils.shared_memory as shm  # local: needs a POSIX host
+
+        self._shm = shm
+        self.name = f"sam2_triton_{os.getpid()}_{uuid.uuid4().hex[:16]}"
+        self.key = "/" + self.name
+        arrays = [np.ascontiguousarray(features[n]) for n in spec.FEATURE_NAMES]
+        self.offsets: dict[str, tuple[int, int, np.ndarray]] = {}
+        offset = 0
+        for n, a in zip(spec.FEATURE_NAMES, arrays):
+            self.offsets[n] = (offset, a.nbytes, a)
+            offset += a.nbytes
+        self.byte_size = offset
+        self._handle = shm.create_shared_memory_region(
+            self.name, self.key, offset, create_only=True
+        )
+        try:
+            shm.set_shared_memory_region(self._handle, arrays)
+        except BaseException:
+            self.destroy()
+            raise
+
+    def inputs(self, mod: ModuleType) -> list[Any]:
+        out = []
+        for n, (offset, nbytes, a) in self.offsets.items():
+            inp = mod.InferInput(n, list(a.shape), np_to_triton_dtype(a.dtype))
+            inp.set_shared_memory(self.name, nbytes, offset)
+            out.append(inp)
+        return out
+
+    def destroy(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            self._shm.destroy_shared_memory_region(handle)

@@ -1,0 +1,222 @@
+"""``SAM2Client``: the blocking client (tritonclient.grpc or tritonclient.http).
+
+Thin by design: request building, validation, response parsing and error mapping live in
+``_core`` and are shared with ``AsyncSAM2Client``; this module only executes steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from . import spec
+from ._config import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_MAX_PROMPTS,
+    DEFAULT_TIMEOUT_S,
+    ClientConfig,
+    make_config,
+    triton_client_kwargs,
+)
+from ._core import SAM2Core, Sleep, Step, run_sync
+from .types import CacheStats, ImageEmbedding, Prediction, Prompt
+
+logger = logging.getLogger(__name__)
+
+
+def _triton_module(protocol: str, aio: bool) -> ModuleType:
+    if protocol == "grpc":
+        if aio:
+            import tritonclient.grpc.aio as mod
+        else:
+            import tritonclient.grpc as mod
+    elif aio:
+        import tritonclient.http.aio as mod
+    else:
+        import tritonclient.http as mod
+    return mod
+
+
+class _Connections:
+    """The tritonclient clients of one ``SAM2Client``.
+
+    ``tritonclient.grpc`` clients are thread-safe: one is shared. ``tritonclient.http`` clients
+    are not, and (gevent) cannot even be used from another thread than their creator's: each
+    thread gets its own, created on first use and closed by ``close()``.
+    """
+
+    def __init__(self, factory: Callable[[], Any], shared: bool) -> None:
+        self._factory = factory
+        self._shared = factory() if shared else None
+        self._local = threading.local()
+        self._created: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self) -> Any:
+        if self._closed:
+            raise RuntimeError("the SAM2Client is closed")
+        if self._shared is not None:
+            return self._shared
+        triton = getattr(self._local, "triton", None)
+        if triton is None:
+            triton = self._factory()
+            with self._lock:
+                self._created.append(triton)
+            self._local.triton = triton
+        return triton
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            clients, self._created = self._created, []
+            if self._shared is not None:
+                clients.append(self._shared)
+                self._shared = None
+        for triton in clients:
+            triton.close()
+
+
+class SAM2Client:
+    """Blocking client for a Triton server serving the sam2-triton encoder and decoder.
+
+    Args:
+        url: ``host:port`` (default ``localhost:8001`` for gRPC, ``localhost:8000`` for HTTP);
+            an ``https://``/``grpcs://`` prefix turns on ``ssl``.
+        protocol: ``"grpc"`` or ``"http"``.
+        encoder_model, decoder_model: Triton model names (``spec.ENCODER_MODEL``/``DECODER_MODEL``).
+        timeout_s: per-request client timeout in seconds.
+        ssl, root_certificates, private_key, certificate_chain, insecure: TLS options (PEM file
+            paths; ``insecure`` skips certificate verification, HTTP only).
+        headers: extra headers/metadata sent with every request (e.g. restricted-API keys).
+        embedding_cache_bytes: byte budget of the LRU embedding cache (0 disables it).
+        max_prompts_per_request: most prompts per decoder request.
+        use_shared_memory: pass the features to the decoder in system shared memory (client and
+            server on the same host only). CUDA shared memory is not available in this build.
+
+    Thread-safe: concurrent ``encode`` calls become separate requests that Triton's dynamic
+    batcher may batch. Use as a context manager or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        protocol: str = "grpc",
+        encoder_model: str = spec.ENCODER_MODEL,
+        decoder_model: str = spec.DECODER_MODEL,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        *,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        insecure: bool = False,
+        headers: Mapping[str, str] | None = None,
+        embedding_cache_bytes: int = DEFAULT_CACHE_BYTES,
+        max_prompts_per_request: int = DEFAULT_MAX_PROMPTS,
+        use_shared_memory: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        self.config: ClientConfig = make_config(
+            url,
+            protocol,
+            timeout_s=timeout_s,
+            ssl=ssl,
+            headers=headers,
+            embedding_cache_bytes=embedding_cache_bytes,
+            max_prompts_per_request=max_prompts_per_request,
+            encoder_model=encoder_model,
+            decoder_model=decoder_model,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            insecure=insecure,
+            use_shared_memory=use_shared_memory,
+            verbose=verbose,
+        )
+        mod = _triton_module(self.config.protocol, aio=False)
+        self._core = SAM2Core(self.config, mod)
+        kwargs = triton_client_kwargs(self.config, aio=False)
+        self._connections = _Connections(
+            lambda: mod.InferenceServerClient(**kwargs), shared=self.config.protocol == "grpc"
+        )
+
+    # --- execution ------------------------------------------------------------------------
+    def _execute(self, step: Step) -> Any:
+        if isinstance(step, Sleep):
+            time.sleep(step.seconds)
+            return None
+        return getattr(self._connections.get(), step.method)(**step.kwargs)
+
+    def _run(self, flow: Any) -> Any:
+        return run_sync(self._core, flow, self._execute)
+
+    # --- API ------------------------------------------------------------------------------
+    def wait_until_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until the server and both models are ready.
+
+        Raises ServerUnavailableError or ModelNotReadyError after ``timeout_s`` seconds.
+        """
+        self._run(self._core.ready_flow(timeout_s))
+
+    def encode(self, image: Any) -> ImageEmbedding:
+        """Embed one image (path, bytes, PIL image or ``HxWx3`` array); cached by pixels."""
+        return self._run(self._core.encode_flow([image]))[0]
+
+    def encode_batch(self, images: Sequence[Any]) -> list[ImageEmbedding]:
+        """Embed several images, sending the cache misses in one ``[B, 3, 1024, 1024]`` request
+        (split by the encoder's ``max_batch_size``). Results follow the input order."""
+        return self._run(self._core.encode_flow(images))
+
+    def decode(
+        self,
+        embedding: ImageEmbedding,
+        prompts: Prompt | Sequence[Prompt],
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        normalize_coords: bool = True,
+        mask_threshold: float = spec.MASK_THRESHOLD,
+    ) -> Prediction | list[Prediction]:
+        """Masks for one or many prompts on one embedded image.
+
+        A single ``Prompt`` gives a ``Prediction``, a list gives a list in the same order.
+        Prompts are grouped by point count into requests of at most
+        ``max_prompts_per_request`` prompts. ``normalize_coords=False`` means coordinates are
+        already in ``[0, 1]`` relative to the image, as in SAM 2.
+        Raises InvalidPromptError before sending anything, EmbeddingMismatchError if the
+        decoder's weights differ from the encoder's that made ``embedding``.
+        """
+        return self._run(
+            self._core.decode_flow(
+                embedding,
+                prompts,
+                multimask_output,
+                return_logits,
+                normalize_coords,
+                mask_threshold,
+            )
+        )
+
+    def cache_stats(self) -> CacheStats:
+        return self._core.cache.stats()
+
+    def clear_cache(self) -> None:
+        self._core.cache.clear()
+
+    def close(self) -> None:
+        """Close the connections; the client cannot be used afterwards."""
+        self._connections.close()
+
+    def __enter__(self) -> SAM2Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"SAM2Client(url={c.url!r}, protocol={c.protocol!r})"

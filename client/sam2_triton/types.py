@@ -1,0 +1,126 @@
+"""Public value types of the sam2-triton client: prompts in, embeddings and predictions out.
+
+All arrays are numpy arrays. Shapes use ``H, W`` for the original image size, ``C`` for the
+number of masks per prompt (3 with ``multimask_output=True``, else 1) and ``N`` for prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import spec
+
+__all__ = ["CacheStats", "ImageEmbedding", "Prediction", "Prompt"]
+
+
+@dataclass(frozen=True, eq=False)
+class Prompt:
+    """One object prompt for one image, in the conventions of ``SAM2ImagePredictor.predict``.
+
+    Any combination of points, a box and a mask is allowed, but at least one must be given.
+
+    Attributes:
+        point_coords: ``(P, 2)`` array-like of ``(x, y)`` points, in pixels of the original image
+            (or in ``[0, 1]`` when decoding with ``normalize_coords=False``), or ``None``.
+        point_labels: ``(P,)`` array-like of ints, 1 = foreground, 0 = background; required
+            exactly when ``point_coords`` is given.
+        box: ``(4,)`` array-like ``x0, y0, x1, y1`` (same units as the points), or ``None``.
+        mask_input: ``(1, 256, 256)`` or ``(256, 256)`` float low-resolution mask logits, usually
+            ``Prediction.low_res_logits[i:i+1]`` of an earlier prediction, or ``None``.
+    """
+
+    point_coords: Any = None
+    point_labels: Any = None
+    box: Any = None
+    mask_input: Any = None
+
+
+@dataclass(frozen=True, eq=False)
+class ImageEmbedding:
+    """The encoder's features of one image: everything the decoder needs, nothing else.
+
+    Arrays are read-only and keep the dtype the server produced (float32, or float16 when the
+    repository was exported with FP16 features).
+
+    Attributes:
+        image_embed: ``[1, 256, 64, 64]``.
+        high_res_feats_0: ``[1, 32, 256, 256]``.
+        high_res_feats_1: ``[1, 64, 128, 128]``.
+        orig_hw: ``(H, W)`` of the original image.
+        fingerprint: int32 ``[2]``, identifies the model weights that produced the features;
+            the decoder refuses (``EmbeddingMismatchError``) features of other weights.
+    """
+
+    image_embed: np.ndarray
+    high_res_feats_0: np.ndarray
+    high_res_feats_1: np.ndarray
+    orig_hw: tuple[int, int]
+    fingerprint: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in (*spec.FEATURE_NAMES, "fingerprint"):
+            arr = np.ascontiguousarray(getattr(self, name)).view()  # a view: the caller's
+            arr.setflags(write=False)  # array keeps its flags, ours is read-only
+            object.__setattr__(self, name, arr)
+        object.__setattr__(self, "orig_hw", (int(self.orig_hw[0]), int(self.orig_hw[1])))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the feature arrays (what the embedding cache budgets)."""
+        return int(sum(getattr(self, n).nbytes for n in spec.FEATURE_NAMES))
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the feature arrays (float32 or float16)."""
+        return self.image_embed.dtype
+
+    def features(self) -> dict[str, np.ndarray]:
+        """The three feature tensors by their wire names (``spec.FEATURE_NAMES``)."""
+        return {n: getattr(self, n) for n in spec.FEATURE_NAMES}
+
+    def __repr__(self) -> str:
+        fp = "".join(f"{int(v) & 0xFFFFFFFF:08x}" for v in self.fingerprint.reshape(-1))
+        return (
+            f"ImageEmbedding(orig_hw={self.orig_hw}, dtype={self.dtype}, "
+            f"nbytes={self.nbytes}, fingerprint={fp})"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """The result of one prompt.
+
+    Attributes:
+        masks: ``[C, H, W]`` bool (thresholded at ``mask_threshold``), or float32 logits when
+            decoded with ``return_logits=True``.
+        scores: ``[C]`` float32 predicted IoU of each mask.
+        low_res_logits: ``[C, 256, 256]`` float32 logits clamped to +-32; pass
+            ``low_res_logits[i:i+1]`` as ``Prompt.mask_input`` to refine mask ``i``.
+        object_score_logits: logit that an object is present at all (> 0: present).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+    object_score_logits: float
+
+    def __repr__(self) -> str:
+        return (
+            f"Prediction(masks={self.masks.dtype}{list(self.masks.shape)}, "
+            f"scores={np.round(self.scores, 4).tolist()}, "
+            f"object_score_logits={self.object_score_logits:.4g})"
+        )
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters of a client's embedding cache."""
+
+    hits: int
+    misses: int
+    entries: int
+    nbytes: int
+    max_bytes: int
