@@ -176,18 +176,17 @@ def validate_prompt(
     coords, labels = _points(prompt, where, orig_hw, normalize_coords)
     box = _box(prompt, where, orig_hw, normalize_coords)
     mask = _mask(prompt, where)
-    if coords is None and box is None and mask is None:
+    if coords is None and box is None:
+        # SAM 2 would run a mask-only prompt without its padding point; the exported decoder
+        # always pads (every other prompt kind needs it), so it cannot reproduce that exactly.
         raise InvalidPromptError(
-            f"{where} is empty: give point_coords + point_labels, a box, or a mask_input"
+            f"{where} has no points and no box: give point_coords + point_labels or a box "
+            "(a mask_input alone is not supported; add the click that produced it)"
         )
     parts_c = [c for c in (box, coords) if c is not None]  # box corners before the clicks
     parts_l = [lb for lb in (_BOX_LABELS if box is not None else None, labels) if lb is not None]
-    if parts_c:
-        wire_coords = np.concatenate(parts_c, axis=0)
-        wire_labels = np.concatenate(parts_l, axis=0).astype(np.int32)
-    else:  # mask-only prompt: zero points
-        wire_coords = np.zeros((0, 2), np.float32)
-        wire_labels = np.zeros((0,), np.int32)
+    wire_coords = np.concatenate(parts_c, axis=0)
+    wire_labels = np.concatenate(parts_l, axis=0).astype(np.int32)
     return WirePrompt(wire_coords, wire_labels, mask)
 
 

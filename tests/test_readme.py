@@ -1,0 +1,59 @@
+"""Every shell example of the README that talks to Triton is executed as written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sam2_triton_serve import repository
+
+pytestmark = pytest.mark.triton
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+BLOCKS = [b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "$TRITON" in b or "$METRICS" in b]
+
+
+def _run(block: str, server) -> str:
+    env = {"TRITON": server.http_url.removeprefix("http://"),
+           "METRICS": server.metrics_url.removeprefix("http://").removesuffix("/metrics"),
+           "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_readme_has_the_examples() -> None:
+    assert len(BLOCKS) == 4
+
+
+def test_health_metadata_config(triton_server) -> None:
+    out = _run(BLOCKS[0], triton_server).splitlines()
+    assert out[0] == "200"
+    meta, config = json.loads(out[1]), json.loads(out[2])
+    assert meta["name"] == "sam2_decoder" and {i["name"] for i in meta["inputs"]} >= {"point_coords"}
+    assert config["name"] == "sam2_encoder" and config["max_batch_size"] > 0
+
+
+def test_inference_over_plain_rest(triton_server, exported_repo: Path) -> None:
+    out = json.loads(_run(BLOCKS[1], triton_server))
+    manifest = json.loads((exported_repo / repository.MANIFEST_FILENAME).read_text())
+    (fingerprint,) = out["outputs"]
+    assert fingerprint["name"] == "model_fingerprint" and fingerprint["shape"] == [1, 2]
+    assert fingerprint["data"] == manifest["fingerprint"]
+
+
+def test_bad_dtype_gets_400_naming_the_input(triton_server) -> None:
+    body, code = _run(BLOCKS[2], triton_server).strip().splitlines()
+    assert code == "400"
+    assert "input 'image'" in json.loads(body)["error"] and "FP32" in body
+
+
+def test_metrics_example(triton_server) -> None:
+    out = _run(BLOCKS[3], triton_server)
+    for name in ("nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count"):
+        assert f'{name}{{model="sam2_encoder"' in out
+        assert f'{name}{{model="sam2_decoder"' in out
