@@ -92,7 +92,18 @@ TRITON_GPU_METRICS = {
     "nv_energy_consumption",
 }
 PROMETHEUS_METRICS = {"up"}  # written by Prometheus itself for every scrape target
-ALLOWED_METRICS = TRITON_METRICS | TRITON_GPU_METRICS | PROMETHEUS_METRICS
+# Custom metrics of the sam2_session model (pb_utils.MetricFamily in
+# serve/sam2_triton_serve/session_model.py), on Triton's metrics port; tests/test_sessions.py
+# checks that the real server exposes every one the dashboard uses.
+SESSION_METRICS = {
+    "sam2_session_images",
+    "sam2_session_bytes",
+    "sam2_session_budget_bytes",
+    "sam2_session_hits_total",
+    "sam2_session_misses_total",
+    "sam2_session_evictions_total",
+}
+ALLOWED_METRICS = TRITON_METRICS | TRITON_GPU_METRICS | PROMETHEUS_METRICS | SESSION_METRICS
 
 SPEC_VARIANTS = {"tiny", "small", "base_plus", "large"}
 
@@ -536,6 +547,12 @@ def test_dashboard_uses_only_triton_metric_names():
         "nv_gpu_utilization",
         "nv_gpu_memory_used_bytes",
         "nv_gpu_memory_total_bytes",
+        "sam2_session_bytes",
+        "sam2_session_budget_bytes",
+        "sam2_session_images",
+        "sam2_session_hits_total",
+        "sam2_session_misses_total",
+        "sam2_session_evictions_total",
     ):
         assert name in used, f"no panel uses {name}"
     for var in dash["templating"]["list"]:

@@ -16,18 +16,18 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 BLOCKS = [b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "$TRITON" in b or "$METRICS" in b]
 
 
-def _run(block: str, server) -> str:
+def _run(block: str, server, cwd: Path | None = None) -> str:
     env = {"TRITON": server.http_url.removeprefix("http://"),
            "METRICS": server.metrics_url.removeprefix("http://").removesuffix("/metrics"),
            "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], capture_output=True,
-                          text=True, env=env, timeout=120)
+                          text=True, env=env, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
 def test_readme_has_the_examples() -> None:
-    assert len(BLOCKS) == 4
+    assert len(BLOCKS) == 5
 
 
 def test_health_metadata_config(triton_server) -> None:
@@ -57,3 +57,25 @@ def test_metrics_example(triton_server) -> None:
     for name in ("nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count"):
         assert f'{name}{{model="sam2_encoder"' in out
         assert f'{name}{{model="sam2_decoder"' in out
+
+
+def test_one_shot_segmentation_with_curl(triton_server, tmp_path: Path) -> None:
+    """The README's curl call to sam2_segment on a photo.png gives the SDK's mask."""
+    import numpy as np
+    from PIL import Image
+
+    from sam2_triton import Prompt, SAM2Client
+    from sam2_triton_serve.segment_model import rle_decode
+
+    yy, xx = np.mgrid[0:480, 0:640]
+    photo = np.stack([np.sin(xx / 40.0), np.cos(yy / 30.0), np.sin((xx + yy) / 50.0)], -1)
+    Image.fromarray(((photo + 1) * 127.5).astype(np.uint8)).save(tmp_path / "photo.png")
+    result = json.loads(_run(BLOCKS[4], triton_server, cwd=tmp_path))
+    assert (result["width"], result["height"], result["format"]) == (640, 480, "rle")
+    (obj,) = result["objects"]
+    with SAM2Client(triton_server.grpc_url, use_sessions=False) as client:
+        pred = client.decode(client.encode(tmp_path / "photo.png"),
+                             Prompt(point_coords=[[320, 240]], point_labels=[1]),
+                             multimask_output=False)
+    assert obj["scores"] == [float(pred.scores[0])]
+    np.testing.assert_array_equal(rle_decode(obj["masks"][0]), pred.masks[0])

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    AccessDeniedError,
     EmbeddingMismatchError,
     InferenceError,
     InvalidImageError,
@@ -26,8 +27,9 @@ from .errors import (
     ServerBusyError,
     ServerError,
     ServerUnavailableError,
+    UnknownImageError,
 )
-from .types import CacheStats, ImageEmbedding, Prediction, Prompt
+from .types import CacheStats, ImageEmbedding, Prediction, Prompt, RemoteEmbedding
 
 if TYPE_CHECKING:
     from .aio import AsyncSAM2Client
@@ -43,6 +45,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AccessDeniedError",
     "AsyncSAM2Client",
     "CacheStats",
     "EmbeddingMismatchError",
@@ -54,6 +57,7 @@ __all__ = [
     "ModelNotReadyError",
     "Prediction",
     "Prompt",
+    "RemoteEmbedding",
     "RequestTimeoutError",
     "SAM2Client",
     "SAM2ImagePredictor",
@@ -61,6 +65,7 @@ __all__ = [
     "ServerBusyError",
     "ServerError",
     "ServerUnavailableError",
+    "UnknownImageError",
 ]
 
 

@@ -9,7 +9,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .types import CacheStats, ImageEmbedding
+from .types import CacheStats, ImageEmbedding, RemoteEmbedding
+
+Embedding = ImageEmbedding | RemoteEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +29,8 @@ def image_key(image01: np.ndarray) -> bytes:
 
 
 class EmbeddingCache:
-    """Least-recently-used map ``key -> ImageEmbedding`` holding at most ``max_bytes`` of features.
+    """Least-recently-used map ``key -> ImageEmbedding | RemoteEmbedding`` holding at most
+    ``max_bytes`` (features, or the kept encoder input of a ``RemoteEmbedding``).
 
     ``max_bytes == 0`` disables the cache (``get`` always misses, ``put`` stores nothing). An
     embedding larger than the whole budget is not stored. All methods are thread-safe.
@@ -35,7 +38,7 @@ class EmbeddingCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[bytes, ImageEmbedding] = OrderedDict()
+        self._items: OrderedDict[bytes, Embedding] = OrderedDict()
         self._nbytes = 0
         self._hits = 0
         self._misses = 0
@@ -45,7 +48,7 @@ class EmbeddingCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
-    def get(self, key: bytes) -> ImageEmbedding | None:
+    def get(self, key: bytes) -> Embedding | None:
         """The cached embedding (marked most recently used), or ``None``."""
         with self._lock:
             emb = self._items.get(key)
@@ -56,7 +59,7 @@ class EmbeddingCache:
             self._hits += 1
             return emb
 
-    def put(self, key: bytes, embedding: ImageEmbedding) -> None:
+    def put(self, key: bytes, embedding: Embedding) -> None:
         """Store ``embedding``, evicting least recently used entries until the budget holds."""
         size = embedding.nbytes
         if size > self.max_bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -26,9 +27,10 @@ from tritonclient.utils import InferenceServerException
 
 from . import _wire, spec
 from ._cache import EmbeddingCache, image_key
-from ._config import ClientConfig
+from ._config import MAX_RETRY_BACKOFF_S, ClientConfig
 from ._validate import plan_decode, validate_prompt, validate_prompts
 from .errors import (
+    AccessDeniedError,
     InferenceError,
     InvalidImageError,
     InvalidInputError,
@@ -38,8 +40,9 @@ from .errors import (
     ServerBusyError,
     ServerError,
     ServerUnavailableError,
+    UnknownImageError,
 )
-from .types import ImageEmbedding, Prediction, Prompt
+from .types import ImageEmbedding, Prediction, Prompt, RemoteEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,8 @@ Flow = Generator[Step, Any, T]
 # --- error mapping -----------------------------------------------------------------------------
 _BUSY = ("exceeds maximum queue size", "queue is full", "too many requests")
 _TIMEOUT = ("request timeout expired", "deadline exceeded")
+_RESTRICTED = ("is restricted, expecting header",)
+_FORBIDDEN = ("403", "StatusCode.PERMISSION_DENIED")
 _NOT_READY = (
     "unknown model",
     "is not ready",
@@ -130,7 +135,16 @@ def map_transport_error(exc: BaseException, model: str | None = None) -> SAM2Tri
         status = str(exc.status() or "")
         msg = str(exc.message() or exc)
         low = f"{status} {msg}".lower()
-        if any(s in low for s in _BUSY) or status in ("StatusCode.RESOURCE_EXHAUSTED", "429"):
+        if spec.SESSION_UNKNOWN_IMAGE in low:  # before NOT_FOUND: the model itself is there
+            mapped = UnknownImageError(f"{what}{msg}")
+        elif status in _FORBIDDEN or any(s in low for s in _RESTRICTED):
+            # before UNAVAILABLE: Triton answers a restricted gRPC protocol with UNAVAILABLE
+            mapped = AccessDeniedError(
+                f"{what}access denied: the server restricts this API to clients that send its "
+                "admin key (headers={'admin-key': KEY} over HTTP, "
+                f"{{'triton-grpc-protocol-admin-key': KEY}} over gRPC): {msg} [{status}]"
+            )
+        elif any(s in low for s in _BUSY) or status in ("StatusCode.RESOURCE_EXHAUSTED", "429"):
             mapped = ServerBusyError(f"{what}server busy, retry later: {msg}")
         elif status in ("StatusCode.DEADLINE_EXCEEDED", "408", "504") or any(
             s in low for s in _TIMEOUT
@@ -158,6 +172,19 @@ def map_transport_error(exc: BaseException, model: str | None = None) -> SAM2Tri
     return mapped
 
 
+# Opt-in retries (``retries``): transient errors only, idempotent calls only.
+_RETRYABLE = (ServerBusyError, ServerUnavailableError)
+_RETRY_METHODS = frozenset(
+    {
+        "infer",
+        "get_model_metadata",
+        "get_model_config",
+        "register_system_shared_memory",
+        "unregister_system_shared_memory",
+    }
+)
+
+
 # --- the core ----------------------------------------------------------------------------------
 class SAM2Core:
     """Configuration, cached model metadata, embedding cache and the flows of one client."""
@@ -169,14 +196,21 @@ class SAM2Core:
         self._grpc = config.protocol == "grpc"
         self._encoder: _wire.EncoderInfo | None = None
         self._decoder: _wire.DecoderInfo | None = None
+        self._session: _wire.SessionInfo | None = None
+        self._session_checked = False  # whether self._session says what the server has
         self._lock = threading.Lock()
 
     # steps
     def call(
-        self, method: str, model: str | None = None, timeout_s: float | None = None, **kwargs: Any
+        self,
+        method: str,
+        model: str | None = None,
+        timeout_s: float | None = None,
+        extra_headers: dict[str, str] | None = None,
+        **kwargs: Any,
     ) -> Call:
-        """A ``Call`` with this client's headers and (gRPC) deadline added."""
-        headers = dict(self.config.headers or {})
+        """A ``Call`` with this client's headers (plus ``extra_headers``) and (gRPC) deadline."""
+        headers = {**(self.config.headers or {}), **(extra_headers or {})}
         if self._grpc:  # gRPC metadata keys must be lowercase
             headers = {k.lower(): v for k, v in headers.items()}
         else:  # aiohttp asks for gzip by default: Triton would compress 17 MB per response
@@ -202,7 +236,30 @@ class SAM2Core:
 
     def forget_models(self) -> None:
         with self._lock:
-            self._encoder = self._decoder = None
+            self._encoder = self._decoder = self._session = None
+            self._session_checked = False
+
+    def retry_delay(self, error: BaseException, step: Step, attempt: int) -> float | None:
+        """Seconds to wait before re-sending ``step`` after ``error``, or None to give up.
+
+        Only with ``config.retries > 0`` (opt-in), only for transient errors (``ServerBusyError``:
+        the server's queue was full; ``ServerUnavailableError``: refused/reset, e.g. during a
+        restart) and only for idempotent calls (inference, metadata, shared-memory
+        registration; readiness polls loop on their own). ``attempt`` is the number of retries
+        already made. The delay doubles from ``retry_backoff_s`` up to ``MAX_RETRY_BACKOFF_S``,
+        times a random factor in [0.5, 1] so that concurrent clients do not retry in lockstep.
+        """
+        if (
+            attempt >= self.config.retries
+            or not isinstance(step, Call)
+            or step.method not in _RETRY_METHODS
+            or not isinstance(error, _RETRYABLE)
+        ):
+            return None
+        base = min(MAX_RETRY_BACKOFF_S, self.config.retry_backoff_s * 2.0**attempt)
+        delay = base * random.uniform(0.5, 1.0)
+        logger.info("%s; retry %d/%d in %.2f s", error, attempt + 1, self.config.retries, delay)
+        return delay
 
     # model discovery
     def encoder_info(self) -> Flow[_wire.EncoderInfo]:
@@ -212,7 +269,7 @@ class SAM2Core:
             meta = yield self.call("get_model_metadata", model, model_name=model)
             try:
                 cfg = yield self.call("get_model_config", model, model_name=model)
-            except InferenceError as exc:  # e.g. a restricted model-config API
+            except (InferenceError, AccessDeniedError) as exc:  # e.g. restricted model-config
                 logger.warning(
                     "cannot read %r config (%s); sending one image per request", model, exc
                 )
@@ -230,6 +287,36 @@ class SAM2Core:
             info = _wire.parse_decoder_info(meta, model)
             with self._lock:
                 self._decoder = info
+        return info
+
+    def session_info(self) -> Flow[_wire.SessionInfo | None]:
+        """The session model's info, or None when the client does not use sessions.
+
+        ``use_sessions`` None: sessions when the server serves a session model (detected once
+        from its metadata, again after a model error); True: required (ModelNotReadyError
+        otherwise); False: never.
+        """
+        mode = self.config.use_sessions
+        if mode is False:
+            return None
+        with self._lock:
+            checked, info = self._session_checked, self._session
+        if checked:
+            return info
+        model = self.config.session_model
+        try:
+            meta = yield self.call("get_model_metadata", model, model_name=model)
+            info = _wire.parse_session_info(meta, model)
+        except (ModelNotReadyError, InferenceError) as exc:
+            if mode:
+                raise ModelNotReadyError(
+                    f"use_sessions=True, but the server has no usable session model "
+                    f"{model!r}: {exc}"
+                ) from exc
+            logger.info("no session model %r (%s): sending features with every click", model, exc)
+            info = None
+        with self._lock:
+            self._session, self._session_checked = info, True
         return info
 
     # flows
@@ -257,15 +344,22 @@ class SAM2Core:
                 raise type(problem)(f"not ready after {timeout_s:g} s: {problem}") from problem
             yield Sleep(min(0.25, remaining))
 
-    def encode_flow(self, images: Sequence[object]) -> Flow[list[ImageEmbedding]]:
-        """Embeddings of ``images`` (cache hits skipped; misses in batches of max_batch_size)."""
+    def encode_flow(self, images: Sequence[object]) -> Flow[list[ImageEmbedding | RemoteEmbedding]]:
+        """Embeddings of ``images`` (cache hits skipped; misses in batches of max_batch_size).
+
+        With a session model (see ``session_info``) the images are uploaded to it and the
+        results are ``RemoteEmbedding``s; otherwise the encoder's features come back as
+        ``ImageEmbedding``s.
+        """
         if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
             raise InvalidImageError(f"images must be a list of images, got {type(images).__name__}")
         if len(images) == 0:
             raise InvalidImageError("images is empty: give at least one image")
-        out: list[ImageEmbedding | None] = [None] * len(images)
+        out: list[ImageEmbedding | RemoteEmbedding | None] = [None] * len(images)
         pending: dict[bytes | int, tuple[list[int], tuple[int, int], Any]] = {}
         info: _wire.EncoderInfo | None = None
+        session: _wire.SessionInfo | None = None
+        checked = False
         for i, image in enumerate(images):
             image01 = yield Compute(_wire.load_image01, (image,))
             key: bytes | int = i
@@ -278,11 +372,23 @@ class SAM2Core:
                 if key in pending:  # the same picture twice in one batch
                     pending[key][0].append(i)
                     continue
-            info = info or (yield from self.encoder_info())
-            wire = yield Compute(_wire.to_wire_image, (image01, info.image_dtype))
+            if not checked:
+                session, checked = (yield from self.session_info()), True
+            if session is None:
+                info = info or (yield from self.encoder_info())
+            dtype = session.image_dtype if session is not None else info.image_dtype
+            wire = yield Compute(_wire.to_wire_image, (image01, dtype))
             pending[key] = ([i], image01.shape[:2], wire)
             del image01
         items = list(pending.items())
+        if session is not None:
+            for key, (idx, hw, wire) in items:  # one image per upload: one routing key each
+                emb = yield from self._upload(wire, hw)
+                if isinstance(key, bytes):
+                    self.cache.put(key, emb)
+                for i in idx:
+                    out[i] = emb
+            return [e for e in out if e is not None]
         step = info.max_batch_size if info else 1
         for start in range(0, len(items), step):
             batch = items[start : start + step]
@@ -311,10 +417,17 @@ class SAM2Core:
         normalize_coords: bool = True,
         mask_threshold: float = spec.MASK_THRESHOLD,
     ) -> Flow[Prediction | list[Prediction]]:
-        """Predictions for ``prompts`` on one image, in the caller's order."""
-        if not isinstance(embedding, ImageEmbedding):
+        """Predictions for ``prompts`` on one image, in the caller's order.
+
+        A ``RemoteEmbedding`` is decoded by the session model (the click carries its id; an
+        image the server no longer holds is uploaded again and the click re-sent); if the
+        server has no session model any more, its kept image is encoded and decoded the
+        features way.
+        """
+        if not isinstance(embedding, (ImageEmbedding, RemoteEmbedding)):
             raise InvalidInputError(
-                f"embedding must be an ImageEmbedding from encode(), got {type(embedding).__name__}"
+                f"embedding must be an ImageEmbedding or RemoteEmbedding from encode(), got "
+                f"{type(embedding).__name__}"
             )
         single = isinstance(prompts, Prompt)
         if single:
@@ -326,6 +439,23 @@ class SAM2Core:
                 f"prompts must be a Prompt or a list of Prompts, got {type(prompts).__name__}"
             )
         chunks = plan_decode(wire, self.config.max_prompts_per_request)
+        if isinstance(embedding, RemoteEmbedding):
+            session = yield from self.session_info()
+            if session is not None:
+                try:
+                    preds = yield from self._session_decode(
+                        embedding,
+                        chunks,
+                        len(wire),
+                        multimask_output,
+                        return_logits,
+                        mask_threshold,
+                    )
+                    return preds[0] if single else preds
+                except ModelNotReadyError:
+                    if not (yield from self._session_gone()):
+                        raise
+            embedding = yield from self._local_embedding(embedding)
         info = yield from self.decoder_info()
         features = _wire.decoder_features(embedding, info.feature_dtype)
         model = self.config.decoder_model
@@ -370,18 +500,197 @@ class SAM2Core:
         finally:
             if region is not None:
                 if registered:
-                    try:
-                        yield self.call("unregister_system_shared_memory", name=region.name)
-                    except ServerError as exc:
-                        logger.warning("could not unregister shm region %s: %s", region.name, exc)
+                    yield from self._unregister_region(region.name)
                 region.destroy()
         preds_out = [p for p in results if p is not None]
         return preds_out[0] if single else preds_out
 
+    def _unregister_region(self, name: str) -> Flow[None]:
+        """Unregister a system shared-memory region, never raising (a finally's cleanup).
+
+        Triton releases a request's inputs just after sending its response, so an unregister
+        right after the last response can get "currently in use": that is retried for up to
+        ``_SHM_RELEASE_S`` seconds. Anything else is logged.
+        """
+        deadline = time.monotonic() + _SHM_RELEASE_S
+        delay = 0.005
+        while True:
+            try:
+                yield self.call("unregister_system_shared_memory", name=name)
+                return
+            except ServerError as exc:
+                if "in use" not in str(exc).lower() or time.monotonic() >= deadline:
+                    logger.warning("could not unregister shm region %s: %s", name, exc)
+                    return
+            yield Sleep(delay)
+            delay = min(2 * delay, 0.1)
+
+    # sessions
+    def _upload(self, wire: np.ndarray, hw: tuple[int, int]) -> Flow[RemoteEmbedding]:
+        """op "encode": upload one encoder input ``[3, 1024, 1024]``, get its id.
+
+        The id is computed here too (the same sha256 as the server's) and sent as the
+        ``spec.SESSION_ROUTING_HEADER`` header with every request about the image, so that a
+        gateway in front of several replicas can route all of them to one replica.
+        """
+        image_id = yield Compute(_wire.session_image_id, (wire, hw))
+        model = self.config.session_model
+        result = yield self.call(
+            "infer",
+            model,
+            extra_headers={spec.SESSION_ROUTING_HEADER: image_id},
+            model_name=model,
+            inputs=_wire.session_encode_inputs(self.mod, [wire], [hw]),
+            outputs=_wire.requested_outputs(self.mod, _wire.SESSION_ENCODE_OUTPUTS),
+        )
+        ((served_id, served_hw, fingerprint),) = _wire.parse_session_encode(result, 1)
+        if served_id != image_id:
+            logger.warning(
+                "session model %r computes image ids differently (%s, here %s): using its id",
+                model,
+                served_id[:12],
+                image_id[:12],
+            )
+        return RemoteEmbedding(
+            image_id=served_id, orig_hw=served_hw, fingerprint=fingerprint, wire_image=wire
+        )
+
+    def _session_call(
+        self, embedding: RemoteEmbedding, inputs: list[Any], outputs: Sequence[str]
+    ) -> Flow[Any]:
+        """One session request about ``embedding``. If the server no longer holds the image
+        (UnknownImageError), the request is sent once more with the image attached: the server
+        encodes it and answers from it (the fingerprint check of the answer then catches a
+        replaced model)."""
+        model = self.config.session_model
+        route = {spec.SESSION_ROUTING_HEADER: embedding.image_id}
+        try:
+            return (
+                yield self.call(
+                    "infer",
+                    model,
+                    extra_headers=route,
+                    model_name=model,
+                    inputs=inputs,
+                    outputs=_wire.requested_outputs(self.mod, outputs),
+                )
+            )
+        except UnknownImageError:
+            logger.info(
+                "server does not hold image %s (evicted or restarted): sending it again",
+                embedding.image_id[:12],
+            )
+        attached = _wire.session_image_inputs(self.mod, embedding.wire_image, embedding.orig_hw)
+        return (
+            yield self.call(
+                "infer",
+                model,
+                extra_headers=route,
+                model_name=model,
+                inputs=[*inputs, *attached],
+                outputs=_wire.requested_outputs(self.mod, outputs),
+            )
+        )
+
+    def _session_decode(
+        self,
+        embedding: RemoteEmbedding,
+        chunks: Sequence[Any],
+        n: int,
+        multimask_output: bool,
+        return_logits: bool,
+        mask_threshold: float,
+    ) -> Flow[list[Prediction]]:
+        results: list[Prediction | None] = [None] * n
+        model = self.config.session_model
+        for chunk in chunks:
+            result = yield from self._session_call(
+                embedding,
+                _wire.session_decode_inputs(self.mod, embedding.image_id, chunk),
+                _wire.DECODER_OUTPUTS,
+            )
+            preds = yield Compute(
+                _wire.parse_decoder_result,
+                (
+                    result,
+                    len(chunk.indices),
+                    embedding,
+                    model,
+                    multimask_output,
+                    return_logits,
+                    mask_threshold,
+                ),
+            )
+            for i, p in zip(chunk.indices.tolist(), preds):
+                results[i] = p
+        return [p for p in results if p is not None]
+
+    def features_flow(self, embedding: object) -> Flow[ImageEmbedding]:
+        """The features of an embedding: an ``ImageEmbedding`` as it is; a ``RemoteEmbedding``'s
+        downloaded from the session model (op "features"), or computed from its kept image when
+        the server has no session model."""
+        if isinstance(embedding, ImageEmbedding):
+            return embedding
+        if not isinstance(embedding, RemoteEmbedding):
+            raise InvalidInputError(
+                f"embedding must be an ImageEmbedding or RemoteEmbedding from encode(), got "
+                f"{type(embedding).__name__}"
+            )
+        session = yield from self.session_info()
+        if session is None:
+            return (yield from self._local_embedding(embedding))
+        try:
+            result = yield from self._session_call(
+                embedding,
+                _wire.session_features_inputs(self.mod, embedding.image_id),
+                _wire.SESSION_FEATURE_OUTPUTS,
+            )
+        except ModelNotReadyError:
+            if not (yield from self._session_gone()):
+                raise
+            return (yield from self._local_embedding(embedding))
+        (features,) = yield Compute(_wire.parse_encoder_result, (result, [embedding.orig_hw]))
+        _wire.check_fingerprint(features.fingerprint, embedding, self.config.session_model)
+        return features
+
+    def _session_gone(self) -> Flow[bool]:
+        """After a ModelNotReadyError from the session model (the models were forgotten): True
+        if, automatic mode, the server has no session model any more (fall back to features)."""
+        if self.config.use_sessions is not None:
+            return False
+        return (yield from self.session_info()) is None
+
+    def _local_embedding(self, embedding: RemoteEmbedding) -> Flow[ImageEmbedding]:
+        """Encode a ``RemoteEmbedding``'s kept image with the encoder (no session model now)."""
+        key = b"remote:" + embedding.image_id.encode()
+        hit = self.cache.get(key) if self.cache.enabled else None
+        if isinstance(hit, ImageEmbedding):
+            return hit
+        logger.info("no session model: encoding image %s again", embedding.image_id[:12])
+        info = yield from self.encoder_info()
+        pixels = np.ascontiguousarray(embedding.wire_image[None], dtype=info.image_dtype)
+        result = yield self.call(
+            "infer",
+            self.config.encoder_model,
+            model_name=self.config.encoder_model,
+            inputs=[_wire.data_input(self.mod, spec.ENCODER_IMAGE, pixels)],
+            outputs=_wire.requested_outputs(self.mod, _wire.ENCODER_OUTPUTS),
+        )
+        (local,) = _wire.parse_encoder_result(result, [embedding.orig_hw])
+        if self.cache.enabled:
+            self.cache.put(key, local)
+        return local
+
+
+_SHM_RELEASE_S = 5.0  # how long an shm region may stay "in use" after the last response
+
 
 # --- drivers -----------------------------------------------------------------------------------
 def run_sync(core: SAM2Core, flow: Flow[T], execute: Callable[[Step], Any]) -> T:
-    """Drive ``flow`` with a blocking ``execute``; return its value or raise its error."""
+    """Drive ``flow`` with a blocking ``execute``; return its value or raise its error.
+
+    A failed step is re-sent after a backoff while ``core.retry_delay`` allows it.
+    """
     reply: Any = None
     error: BaseException | None = None
     while True:
@@ -389,11 +698,18 @@ def run_sync(core: SAM2Core, flow: Flow[T], execute: Callable[[Step], Any]) -> T
             step = flow.send(reply) if error is None else flow.throw(error)
         except StopIteration as stop:
             return stop.value
-        reply, error = None, None
-        try:
-            reply = step.fn(*step.args) if isinstance(step, Compute) else execute(step)
-        except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
-            error = core.map_error(exc, step)
+        attempt = 0
+        while True:
+            reply, error = None, None
+            try:
+                reply = step.fn(*step.args) if isinstance(step, Compute) else execute(step)
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
+                error = core.map_error(exc, step)
+            delay = None if error is None else core.retry_delay(error, step, attempt)
+            if delay is None:
+                break
+            attempt += 1
+            execute(Sleep(delay))
 
 
 async def run_async(core: SAM2Core, flow: Flow[T], execute: Callable[[Step], Awaitable[Any]]) -> T:
@@ -405,11 +721,18 @@ async def run_async(core: SAM2Core, flow: Flow[T], execute: Callable[[Step], Awa
             step = flow.send(reply) if error is None else flow.throw(error)
         except StopIteration as stop:
             return stop.value
-        reply, error = None, None
-        try:
-            if isinstance(step, Compute):
-                reply = await asyncio.to_thread(step.fn, *step.args)
-            else:
-                reply = await execute(step)
-        except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
-            error = core.map_error(exc, step)
+        attempt = 0
+        while True:
+            reply, error = None, None
+            try:
+                if isinstance(step, Compute):
+                    reply = await asyncio.to_thread(step.fn, *step.args)
+                else:
+                    reply = await execute(step)
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which re-raises it
+                error = core.map_error(exc, step)
+            delay = None if error is None else core.retry_delay(error, step, attempt)
+            if delay is None:
+                break
+            attempt += 1
+            await execute(Sleep(delay))

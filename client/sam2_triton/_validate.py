@@ -49,14 +49,24 @@ class DecodeChunk:
     has_mask_input: np.ndarray
 
 
-def _float_array(value: object, name: str) -> np.ndarray:
+def _array(value: object, name: str) -> np.ndarray:
     try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nested sequences, unconvertible objects
         raise InvalidPromptError(
-            f"{name} must be a numeric array, got {type(value).__name__}"
+            f"{name} must be a numeric array, got {type(value).__name__} that is not one "
+            f"({exc})"
         ) from exc
-    return arr
+
+
+def _float_array(value: object, name: str) -> np.ndarray:
+    raw = _array(value, name)
+    if raw.dtype.kind not in "biuf":  # not str, object (e.g. ints beyond int64), complex
+        raise InvalidPromptError(
+            f"{name} must be a numeric (int or float) array, got {type(value).__name__} of "
+            f"dtype {raw.dtype}"
+        )
+    return raw.astype(np.float64)
 
 
 def _check_finite(arr: np.ndarray, name: str) -> None:
@@ -92,7 +102,7 @@ def _points(p: Prompt, where: str, orig_hw: tuple[int, int], normalize: bool):
             f"got shape {coords.shape}"
         )
     _check_finite(coords, f"{where}.point_coords")
-    labels = np.asarray(p.point_labels)
+    labels = _array(p.point_labels, f"{where}.point_labels")
     if labels.dtype.kind not in "biuf":
         raise InvalidPromptError(
             f"{where}.point_labels must be integers 0/1, got dtype {labels.dtype}"

@@ -7,6 +7,7 @@ share one API, so sync and async clients build byte-identical requests.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -21,7 +22,7 @@ from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 from . import spec, transforms
 from ._validate import DecodeChunk
 from .errors import EmbeddingMismatchError, InferenceError, InvalidImageError
-from .types import ImageEmbedding, Prediction
+from .types import ImageEmbedding, Prediction, RemoteEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -149,13 +150,18 @@ def _output(result: InferResultLike, name: str, shape: tuple[int, ...]) -> np.nd
 def parse_encoder_result(
     result: InferResultLike, hws: Sequence[tuple[int, int]]
 ) -> list[ImageEmbedding]:
-    """Split a ``[B, ...]`` encoder response into ``B`` embeddings (copies, not views)."""
+    """Split a ``[B, ...]`` encoder response into ``B`` embeddings.
+
+    ``B > 1``: copies, so that one embedding does not keep the whole batch alive. ``B == 1``:
+    the arrays as tritonclient returns them (each output already has a buffer of its own, the
+    size of the features), without copying 16.8 MB again.
+    """
     b = len(hws)
     feats = {n: _output(result, n, (b, *spec.FEATURE_SHAPES[n])) for n in spec.FEATURE_NAMES}
     fps = _output(result, spec.FINGERPRINT, (b, spec.FINGERPRINT_LEN)).astype(np.int32)
     return [
         ImageEmbedding(
-            **{n: np.array(a[i : i + 1], copy=True) for n, a in feats.items()},
+            **{n: np.array(a[i : i + 1], copy=b > 1) for n, a in feats.items()},
             orig_hw=hws[i],
             fingerprint=np.array(fps[i], copy=True),
         )
@@ -163,7 +169,9 @@ def parse_encoder_result(
     ]
 
 
-def check_fingerprint(served: np.ndarray, embedding: ImageEmbedding, decoder: str) -> None:
+def check_fingerprint(
+    served: np.ndarray, embedding: ImageEmbedding | RemoteEmbedding, decoder: str
+) -> None:
     served = np.asarray(served, dtype=np.int32).reshape(-1)
     if not np.array_equal(served, embedding.fingerprint.reshape(-1)):
         raise EmbeddingMismatchError(
@@ -176,7 +184,7 @@ def check_fingerprint(served: np.ndarray, embedding: ImageEmbedding, decoder: st
 def parse_decoder_result(
     result: InferResultLike,
     n: int,
-    embedding: ImageEmbedding,
+    embedding: ImageEmbedding | RemoteEmbedding,
     decoder: str,
     multimask_output: bool,
     return_logits: bool,
@@ -247,3 +255,106 @@ class FeatureRegion:
         if self._handle is not None:
             handle, self._handle = self._handle, None
             self._shm.destroy_shared_memory_region(handle)
+
+
+# --- sessions (sam2_session) -----------------------------------------------------------------
+@dataclass(frozen=True)
+class SessionInfo:
+    """Discovered from the session model's metadata: the dtype of the image it takes."""
+
+    image_dtype: np.dtype
+
+
+def parse_session_info(meta: Mapping[str, Any], model: str) -> SessionInfo:
+    """Check that ``model`` speaks the session contract (``spec``); raise InferenceError if not."""
+    names = {t.get("name") for t in meta.get("inputs", [])}
+    wanted = {t.name for t in spec.session_inputs()}
+    if not wanted <= names:
+        raise InferenceError(
+            f"model {model!r} is not a sam2-triton session model: it lacks input(s) "
+            f"{sorted(wanted - names)}"
+        )
+    image = _tensor_dtype(meta, "inputs", spec.ENCODER_IMAGE, model)
+    if image not in _IMAGE_DTYPES:
+        raise InferenceError(f"model {model!r} takes images of dtype {image}")
+    return SessionInfo(image)
+
+
+def session_image_id(wire: np.ndarray, orig_hw: tuple[int, int]) -> str:
+    """The session id of an encoder input ``[3, 1024, 1024]`` (see ``spec.SESSION_ID_SALT``)."""
+    digest = hashlib.new(spec.SESSION_ID_HASH, spec.SESSION_ID_SALT)
+    digest.update(memoryview(np.ascontiguousarray(wire)).cast("B"))
+    digest.update(np.asarray(orig_hw, dtype="<i4").tobytes())
+    return digest.hexdigest()
+
+
+def _bytes_input(mod: ModuleType, name: str, values: Sequence[str]) -> Any:
+    array = np.array([v.encode() for v in values], dtype=np.object_)
+    inp = mod.InferInput(name, [len(values)], "BYTES")
+    inp.set_data_from_numpy(array)
+    return inp
+
+
+SESSION_ENCODE_OUTPUTS = (spec.SESSION_IMAGE_ID, spec.SESSION_ORIG_HW, spec.FINGERPRINT)
+SESSION_FEATURE_OUTPUTS = ENCODER_OUTPUTS
+
+
+def session_encode_inputs(
+    mod: ModuleType, wires: Sequence[np.ndarray], hws: Sequence[tuple[int, int]]
+) -> list[Any]:
+    """op "encode": ``wires`` ``[3, 1024, 1024]`` each, stacked to ``[B, 3, 1024, 1024]``."""
+    return [
+        _bytes_input(mod, spec.SESSION_OP, [spec.SESSION_OP_ENCODE]),
+        data_input(mod, spec.ENCODER_IMAGE, np.stack(wires)),
+        data_input(mod, spec.SESSION_ORIG_HW, np.asarray(hws, dtype=np.int32).reshape(-1, 2)),
+    ]
+
+
+def session_decode_inputs(mod: ModuleType, image_id: str, chunk: DecodeChunk) -> list[Any]:
+    """op "decode": the id and one chunk's prompts; the all-zero "no mask" input is left out
+    (the session model supplies it), so a click without a mask sends a few hundred bytes."""
+    inputs = [
+        _bytes_input(mod, spec.SESSION_OP, [spec.SESSION_OP_DECODE]),
+        _bytes_input(mod, spec.SESSION_IMAGE_ID, [image_id]),
+        data_input(mod, spec.POINT_COORDS, chunk.point_coords),
+        data_input(mod, spec.POINT_LABELS, chunk.point_labels),
+    ]
+    if chunk.has_mask_input.any():
+        inputs += [
+            data_input(mod, spec.MASK_INPUT, chunk.mask_input),
+            data_input(mod, spec.HAS_MASK_INPUT, chunk.has_mask_input),
+        ]
+    return inputs
+
+
+def session_image_inputs(mod: ModuleType, wire: np.ndarray, orig_hw: tuple[int, int]) -> list[Any]:
+    """The image attached to a "decode"/"features" request (used when the id is not held)."""
+    return [
+        data_input(mod, spec.ENCODER_IMAGE, wire[None]),
+        data_input(mod, spec.SESSION_ORIG_HW, np.asarray([orig_hw], dtype=np.int32)),
+    ]
+
+
+def session_features_inputs(mod: ModuleType, image_id: str) -> list[Any]:
+    """op "features": the id of a held image."""
+    return [
+        _bytes_input(mod, spec.SESSION_OP, [spec.SESSION_OP_FEATURES]),
+        _bytes_input(mod, spec.SESSION_IMAGE_ID, [image_id]),
+    ]
+
+
+def parse_session_encode(
+    result: InferResultLike, n: int
+) -> list[tuple[str, tuple[int, int], np.ndarray]]:
+    """``(image_id, orig_hw, fingerprint)`` for each of the ``n`` uploaded images."""
+    raw_ids = _output(result, spec.SESSION_IMAGE_ID, (n,))
+    hws = _output(result, spec.SESSION_ORIG_HW, (n, 2)).astype(np.int64)
+    fps = _output(result, spec.FINGERPRINT, (n, spec.FINGERPRINT_LEN)).astype(np.int32)
+    out = []
+    for i in range(n):
+        raw = raw_ids[i]
+        image_id = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+        if len(image_id) != spec.SESSION_ID_LEN:
+            raise InferenceError(f"the session model answered a malformed image id {image_id!r}")
+        out.append((image_id, (int(hws[i][0]), int(hws[i][1])), np.array(fps[i], copy=True)))
+    return out

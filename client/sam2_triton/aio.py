@@ -16,6 +16,7 @@ from . import spec
 from ._config import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_MAX_PROMPTS,
+    DEFAULT_RETRY_BACKOFF_S,
     DEFAULT_TIMEOUT_S,
     ClientConfig,
     make_config,
@@ -23,7 +24,7 @@ from ._config import (
 )
 from ._core import Call, SAM2Core, Sleep, run_async
 from .client import _triton_module
-from .types import CacheStats, ImageEmbedding, Prediction, Prompt
+from .types import CacheStats, ImageEmbedding, Prediction, Prompt, RemoteEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class AsyncSAM2Client:
         max_prompts_per_request: int = DEFAULT_MAX_PROMPTS,
         use_shared_memory: bool = False,
         verbose: bool = False,
+        retries: int = 0,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+        use_sessions: bool | None = None,
+        session_model: str = spec.SESSION_MODEL,
     ) -> None:
         self.config: ClientConfig = make_config(
             url,
@@ -70,6 +75,10 @@ class AsyncSAM2Client:
             insecure=insecure,
             use_shared_memory=use_shared_memory,
             verbose=verbose,
+            retries=retries,
+            retry_backoff_s=retry_backoff_s,
+            use_sessions=use_sessions,
+            session_model=session_model,
         )
         self._mod = _triton_module(self.config.protocol, aio=True)
         self._core = SAM2Core(self.config, self._mod)
@@ -103,17 +112,17 @@ class AsyncSAM2Client:
         """Wait until the server and both models are ready (see ``SAM2Client``)."""
         await self._run(self._core.ready_flow(timeout_s))
 
-    async def encode(self, image: Any) -> ImageEmbedding:
+    async def encode(self, image: Any) -> ImageEmbedding | RemoteEmbedding:
         """Embed one image; cached by pixels."""
         return (await self._run(self._core.encode_flow([image])))[0]
 
-    async def encode_batch(self, images: Sequence[Any]) -> list[ImageEmbedding]:
+    async def encode_batch(self, images: Sequence[Any]) -> list[ImageEmbedding | RemoteEmbedding]:
         """Embed several images in one ``[B, 3, 1024, 1024]`` request (cache misses only)."""
         return await self._run(self._core.encode_flow(images))
 
     async def decode(
         self,
-        embedding: ImageEmbedding,
+        embedding: ImageEmbedding | RemoteEmbedding,
         prompts: Prompt | Sequence[Prompt],
         multimask_output: bool = True,
         return_logits: bool = False,
@@ -131,6 +140,10 @@ class AsyncSAM2Client:
                 mask_threshold,
             )
         )
+
+    async def fetch_embedding(self, embedding: ImageEmbedding | RemoteEmbedding) -> ImageEmbedding:
+        """The features of an embedding (see ``SAM2Client.fetch_embedding``)."""
+        return await self._run(self._core.features_flow(embedding))
 
     def cache_stats(self) -> CacheStats:
         return self._core.cache.stats()

@@ -19,8 +19,14 @@ SUBCOMMANDS = {
                 "segment an image through a running Triton server"),
     "demo": ("sam2_triton.demo", "add_arguments", "run",
              "export, serve locally, segment a sample image into a picture, stop"),
+    "loadtest": ("sam2_triton_serve.loadtest", "add_arguments", "run",
+                 "bounded load test of local Triton servers (loopback only): failures, "
+                 "serial equality, p99, memory"),
+    "bench": ("sam2_triton_bench.cli", "add_arguments", "run",
+              "benchmarks side by side: serving costs vs in-process, writes docs/benchmarks.md"),
 }
-EXTRAS = {"sam2_triton_export": "export", "sam2_triton_serve": "serve"}
+EXTRAS = {"sam2_triton_export": "export", "sam2_triton_serve": "serve",
+          "sam2_triton_bench": "dev"}
 
 
 def _load(module: str):

@@ -17,13 +17,14 @@ from . import spec
 from ._config import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_MAX_PROMPTS,
+    DEFAULT_RETRY_BACKOFF_S,
     DEFAULT_TIMEOUT_S,
     ClientConfig,
     make_config,
     triton_client_kwargs,
 )
 from ._core import SAM2Core, Sleep, Step, run_sync
-from .types import CacheStats, ImageEmbedding, Prediction, Prompt
+from .types import CacheStats, ImageEmbedding, Prediction, Prompt, RemoteEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,20 @@ class SAM2Client:
         max_prompts_per_request: most prompts per decoder request.
         use_shared_memory: pass the features to the decoder in system shared memory (client and
             server on the same host only). CUDA shared memory is not available in this build.
+        retries: how often to re-send a request that failed with ``ServerBusyError`` (the
+            server's queue was full) or ``ServerUnavailableError`` (refused or reset, e.g. while
+            the server restarts); 0 (default) raises at once. Only idempotent calls are retried
+            (inference, metadata, shared-memory registration). Each retry waits
+            ``retry_backoff_s`` doubled per attempt (capped at 10 s), times a random factor in
+            [0.5, 1]; ``timeout_s`` applies to each attempt, not to the total.
+        retry_backoff_s: the first retry's delay in seconds (default 0.25).
+        use_sessions: keep image features on the server (``sam2_session``): ``encode`` uploads
+            the image once and returns a ``RemoteEmbedding``; each click then sends only its id
+            and the prompt instead of 16.8 MB of features, and an image the server no longer
+            holds (evicted, restarted) is uploaded again transparently. None (default): when
+            the server has a session model; True: require it; False: never (``encode`` returns
+            the features as an ``ImageEmbedding``). Masks are the same either way.
+        session_model: Triton name of the session model (``spec.SESSION_MODEL``).
 
     Thread-safe: concurrent ``encode`` calls become separate requests that Triton's dynamic
     batcher may batch. Use as a context manager or call ``close()``.
@@ -120,6 +135,10 @@ class SAM2Client:
         max_prompts_per_request: int = DEFAULT_MAX_PROMPTS,
         use_shared_memory: bool = False,
         verbose: bool = False,
+        retries: int = 0,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+        use_sessions: bool | None = None,
+        session_model: str = spec.SESSION_MODEL,
     ) -> None:
         self.config: ClientConfig = make_config(
             url,
@@ -137,6 +156,10 @@ class SAM2Client:
             insecure=insecure,
             use_shared_memory=use_shared_memory,
             verbose=verbose,
+            retries=retries,
+            retry_backoff_s=retry_backoff_s,
+            use_sessions=use_sessions,
+            session_model=session_model,
         )
         mod = _triton_module(self.config.protocol, aio=False)
         self._core = SAM2Core(self.config, mod)
@@ -163,18 +186,24 @@ class SAM2Client:
         """
         self._run(self._core.ready_flow(timeout_s))
 
-    def encode(self, image: Any) -> ImageEmbedding:
-        """Embed one image (path, bytes, PIL image or ``HxWx3`` array); cached by pixels."""
+    def encode(self, image: Any) -> ImageEmbedding | RemoteEmbedding:
+        """Embed one image (path, bytes, PIL image or ``HxWx3`` array); cached by pixels.
+
+        With sessions (``use_sessions``) the image is uploaded to the session model and a
+        ``RemoteEmbedding`` (id, size, fingerprint, kept ``[3, 1024, 1024]`` input) comes back;
+        otherwise an ``ImageEmbedding`` with the features ``[1, C, h, w]``.
+        """
         return self._run(self._core.encode_flow([image]))[0]
 
-    def encode_batch(self, images: Sequence[Any]) -> list[ImageEmbedding]:
+    def encode_batch(self, images: Sequence[Any]) -> list[ImageEmbedding | RemoteEmbedding]:
         """Embed several images, sending the cache misses in one ``[B, 3, 1024, 1024]`` request
-        (split by the encoder's ``max_batch_size``). Results follow the input order."""
+        (split by the encoder's ``max_batch_size``; with sessions, one upload per image, each
+        routable by its id). Results follow the input order."""
         return self._run(self._core.encode_flow(images))
 
     def decode(
         self,
-        embedding: ImageEmbedding,
+        embedding: ImageEmbedding | RemoteEmbedding,
         prompts: Prompt | Sequence[Prompt],
         multimask_output: bool = True,
         return_logits: bool = False,
@@ -188,7 +217,8 @@ class SAM2Client:
         ``max_prompts_per_request`` prompts. ``normalize_coords=False`` means coordinates are
         already in ``[0, 1]`` relative to the image, as in SAM 2.
         Raises InvalidPromptError before sending anything, EmbeddingMismatchError if the
-        decoder's weights differ from the encoder's that made ``embedding``.
+        decoder's weights differ from the encoder's that made ``embedding``, UnknownImageError
+        if the server lost a ``RemoteEmbedding``'s image even after it was uploaded again.
         """
         return self._run(
             self._core.decode_flow(
@@ -200,6 +230,11 @@ class SAM2Client:
                 mask_threshold,
             )
         )
+
+    def fetch_embedding(self, embedding: ImageEmbedding | RemoteEmbedding) -> ImageEmbedding:
+        """The features of an embedding as an ``ImageEmbedding`` (``[1, 256, 64, 64]``, ...):
+        a ``RemoteEmbedding``'s are downloaded from the session model (16.8 MB in FP32)."""
+        return self._run(self._core.features_flow(embedding))
 
     def cache_stats(self) -> CacheStats:
         return self._core.cache.stats()

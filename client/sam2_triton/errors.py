@@ -47,3 +47,18 @@ class RequestTimeoutError(ServerError, TimeoutError):
 
 class InferenceError(ServerError):
     """The server ran the request and reported a failure (bad tensor shape, model error, ...)."""
+
+
+class AccessDeniedError(ServerError, PermissionError):
+    """The server restricts this API (Triton's ``--http-restricted-api`` /
+    ``--grpc-restricted-protocol``) and the request lacked the right key: pass
+    ``headers={"admin-key": KEY}`` (HTTP) or ``{"triton-grpc-protocol-admin-key": KEY}`` (gRPC).
+    Inference, health and metadata are never restricted by sam2-triton's deployment; model
+    config, statistics and shared-memory registration (``use_shared_memory``) are."""
+
+
+class UnknownImageError(ServerError):
+    """The server's session model does not hold the image id sent (never uploaded to this server,
+    evicted from its byte-budgeted store, or the server restarted). The clients handle it by
+    uploading the image again; you only see it when that did not help (e.g. a store too small to
+    keep the image between the upload and the next request)."""

@@ -20,7 +20,7 @@ import numpy as np
 from . import spec
 from .client import SAM2Client
 from .errors import InvalidImageError, InvalidInputError, InvalidPromptError
-from .types import ImageEmbedding, Prediction, Prompt
+from .types import ImageEmbedding, Prediction, Prompt, RemoteEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class SAM2ImagePredictor:
     def reset_predictor(self) -> None:
         """Resets the image embeddings and other state variables."""
         self._is_image_set = False
-        self._embeddings: list[ImageEmbedding] = []
+        self._embeddings: list[ImageEmbedding | RemoteEmbedding] = []
         self._orig_hw: list[tuple[int, int]] | None = None
         self._is_batch = False
 
@@ -133,9 +133,8 @@ class SAM2ImagePredictor:
         """SAM 2's feature dict, as numpy: ``image_embed`` [B,256,64,64], ``high_res_feats``."""
         if not self._embeddings:
             return None
-        cat = [
-            np.concatenate([getattr(e, n) for e in self._embeddings]) for n in spec.FEATURE_NAMES
-        ]
+        embs = self._local_embeddings()
+        cat = [np.concatenate([getattr(e, n) for e in embs]) for n in spec.FEATURE_NAMES]
         return {"image_embed": cat[0], "high_res_feats": cat[1:]}
 
     def set_image(self, image: Any) -> None:
@@ -160,12 +159,18 @@ class SAM2ImagePredictor:
         self._is_batch = True
 
     def get_image_embedding(self) -> np.ndarray:
-        """The image embedding(s), ``[B, 256, 64, 64]`` numpy (SAM 2 returns a torch tensor)."""
+        """The image embedding(s), ``[B, 256, 64, 64]`` numpy (SAM 2 returns a torch tensor).
+
+        With sessions the features stay on the server; this downloads them (16.8 MB each).
+        """
         if not self._is_image_set:
             raise RuntimeError(
                 "An image must be set with .set_image(...) to generate an embedding."
             )
-        return np.concatenate([e.image_embed for e in self._embeddings])
+        return np.concatenate([e.image_embed for e in self._local_embeddings()])
+
+    def _local_embeddings(self) -> list[ImageEmbedding]:
+        return [self.client.fetch_embedding(e) for e in self._embeddings]
 
     # --- prediction -----------------------------------------------------------------------
     def _predict(

@@ -99,3 +99,104 @@ def decoder_outputs() -> tuple[TensorSpec, ...]:
         TensorSpec(OBJECT_SCORE_LOGITS, "float32", (-1, 1)),
         TensorSpec(FINGERPRINT, "int32", (FINGERPRINT_LEN,)),
     )
+
+
+# --- session model: features stay on the server ----------------------------------------------
+# ``sam2_session`` (python backend, one instance) runs the encoder and the decoder through BLS
+# and keeps every image's features in a bounded LRU store on the server, so a click carries
+# only an image id and the prompt. Every input is optional; ``op`` says which ones are used:
+#
+#   op "encode":   image [B, 3, 1024, 1024] (the encoder's input dtype) + orig_hw int32 [B, 2]
+#                  -> image_id [B], orig_hw [B, 2], model_fingerprint [B, 2]. Idempotent: the id
+#                  is SESSION_ID_HASH of the image bytes and orig_hw, so re-sending an image that
+#                  is held costs no encoder run, and concurrent first requests for one image
+#                  share one encoder run.
+#   op "decode":   image_id [1] + point_coords [N, P, 2] + point_labels [N, P]
+#                  (+ mask_input [M, 1, 256, 256] + has_mask_input [M], both optional: absent
+#                  means no mask) -> the decoder's outputs (low_res_masks, iou_predictions,
+#                  object_score_logits, model_fingerprint [1, 2]); image_id and orig_hw on request.
+#   op "features": image_id [1] -> image_embed, high_res_feats_0, high_res_feats_1 ([1, ...]),
+#                  model_fingerprint [1, 2], orig_hw [1, 2]: the features of a held image.
+#
+# An id the store does not hold (never encoded here, evicted, or the server restarted) gets an
+# error whose message contains SESSION_UNKNOWN_IMAGE (Triton status NOT_FOUND: HTTP 404, gRPC
+# NOT_FOUND). Never a wrong mask. The client then re-sends the request with the image attached:
+# "decode" and "features" also take image [1, 3, 1024, 1024] + orig_hw [1, 2] (optional, used
+# only when the id is not held; the id must be the attached image's), encode it and answer from
+# it even if the store evicts it at once.
+SESSION_MODEL = "sam2_session"
+SESSION_OP = "op"
+SESSION_OP_ENCODE = "encode"
+SESSION_OP_DECODE = "decode"
+SESSION_OP_FEATURES = "features"
+SESSION_OPS = (SESSION_OP_ENCODE, SESSION_OP_DECODE, SESSION_OP_FEATURES)
+SESSION_IMAGE_ID = "image_id"
+SESSION_ORIG_HW = "orig_hw"
+SESSION_ID_LEN = 64  # lowercase hex characters
+# sha256 over b"sam2-session-v1\0", the image tensor's raw bytes (C order, [3, 1024, 1024] in the
+# encoder's input dtype) and orig_hw as two little-endian int32.
+SESSION_ID_HASH = "sha256"
+SESSION_ID_SALT = b"sam2-session-v1\x00"
+SESSION_UNKNOWN_IMAGE = "unknown image id"
+# The client sends the image id (computed locally, before the upload) in this HTTP header / gRPC
+# metadata key with every session request, so that a gateway can route one image's requests to
+# one replica (consistent hashing on the header; see SETUP.md).
+SESSION_ROUTING_HEADER = "x-sam2-image-id"
+SESSION_MAX_PIXELS = 64_000_000  # largest orig_hw H * W accepted (the client's MAX_IMAGE_PIXELS)
+
+# --- one-shot segmentation over plain REST ---------------------------------------------------
+# ``sam2_segment`` (python backend): one request, one image, masks at the image's own size.
+#   input  "image"   BYTES [1]: an encoded PNG/JPEG (any format Pillow reads), raw bytes or its
+#                    base64 text (plain v2 JSON cannot carry raw bytes).
+#   input  "prompts" BYTES [1]: a JSON object, see SEGMENT_PROMPT_KEYS.
+#   output "result"  BYTES [1]: a JSON object {"width", "height", "format", "multimask",
+#                    "objects": [{"masks": [...], "scores": [...], "object_score_logit"}]};
+#                    masks are COCO compressed RLE ({"size": [H, W], "counts": str}) or base64 PNG.
+SEGMENT_MODEL = "sam2_segment"
+SEGMENT_IMAGE = "image"
+SEGMENT_PROMPTS = "prompts"
+SEGMENT_RESULT = "result"
+# prompts JSON: one object ({"points": [[x, y], ...], "labels": [1, 0, ...], "box": [x0, y0, x1,
+# y1]}, in pixels of the image as a viewer shows it) or several ({"objects": [{...}, ...]}),
+# plus "multimask" (bool, default false: one mask per object, SAM 2's multimask_output) and
+# "format" ("rle", default, or "png").
+SEGMENT_PROMPT_KEYS = ("points", "labels", "box", "objects", "multimask", "format")
+SEGMENT_FORMATS = ("rle", "png")
+
+
+def session_inputs(
+    image_dtype: str = "float32",
+) -> tuple[TensorSpec, ...]:
+    """Inputs of ``sam2_session`` (all optional in its config; ``op`` selects which are used)."""
+    return (
+        TensorSpec(SESSION_OP, "object", (1,)),
+        TensorSpec(SESSION_IMAGE_ID, "object", (-1,)),
+        TensorSpec(ENCODER_IMAGE, image_dtype, (-1, 3, IMAGE_SIZE, IMAGE_SIZE)),
+        TensorSpec(SESSION_ORIG_HW, "int32", (-1, 2)),
+        TensorSpec(POINT_COORDS, "float32", (-1, -1, 2)),
+        TensorSpec(POINT_LABELS, "int32", (-1, -1)),
+        TensorSpec(MASK_INPUT, "float32", (-1, 1, LOW_RES_SIZE, LOW_RES_SIZE)),
+        TensorSpec(HAS_MASK_INPUT, "float32", (-1,)),
+    )
+
+
+def session_outputs(feature_dtype: str = "float32") -> tuple[TensorSpec, ...]:
+    """Outputs of ``sam2_session``; each op returns a subset (see above)."""
+    feats = tuple(TensorSpec(n, feature_dtype, (-1, *FEATURE_SHAPES[n])) for n in FEATURE_NAMES)
+    return (
+        TensorSpec(SESSION_IMAGE_ID, "object", (-1,)),
+        TensorSpec(SESSION_ORIG_HW, "int32", (-1, 2)),
+        TensorSpec(FINGERPRINT, "int32", (-1, FINGERPRINT_LEN)),
+        *decoder_outputs()[:3],
+        *feats,
+    )
+
+
+def segment_inputs() -> tuple[TensorSpec, ...]:
+    """Inputs of ``sam2_segment``."""
+    return (TensorSpec(SEGMENT_IMAGE, "object", (1,)), TensorSpec(SEGMENT_PROMPTS, "object", (1,)))
+
+
+def segment_outputs() -> tuple[TensorSpec, ...]:
+    """Outputs of ``sam2_segment``."""
+    return (TensorSpec(SEGMENT_RESULT, "object", (1,)),)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import threading
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -116,6 +117,8 @@ def load_image(image: ImageSource) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         what = f"image file {path!r}"
+        if ("\0" if isinstance(path, str) else b"\0") in path:
+            raise InvalidImageError(f"{what} is not a valid path: it contains a NUL character")
         try:
             if os.stat(path).st_size == 0:
                 raise InvalidImageError(f"{what} is empty (0 bytes)")
@@ -127,6 +130,8 @@ def load_image(image: ImageSource) -> np.ndarray:
             raise InvalidImageError(f"{what} is a directory, not a file") from None
         except OSError as e:  # permission denied, I/O error, ...
             raise InvalidImageError(f"{what} cannot be read: {e}") from e
+        except UnicodeEncodeError as e:  # e.g. a lone surrogate the file system cannot encode
+            raise InvalidImageError(f"{what} is not a valid file name: {e}") from e
     raise InvalidImageError(
         f"unsupported image type {type(image).__name__}; expected {_ACCEPTED_TYPES}"
     )
@@ -412,39 +417,90 @@ def upsample_masks(
     bit-identical (torch 2.14.1) whenever H or W is at least 128, within a few float32 ULP for
     smaller outputs. ``threshold=None`` returns float32 logits; a float returns
     ``logits > threshold`` as bool, without materialising the float32 logits.
+
+    Large outputs (``N * C * H * W >= 2**20``) are split into bands of output rows computed in
+    parallel threads (numpy releases the GIL in these loops); every output value is computed
+    by the same operations either way.
     """
     x = _check_masks(low_res, "low_res")
     h_out, w_out = _check_hw(orig_hw)
     n, c, h_in, w_in = x.shape
-    h0, h1, a0, a1 = _linear_weights(h_in, h_out)
-    w0, w1, b0, b1 = _linear_weights(w_in, w_out)
+    rows = _linear_weights(h_in, h_out)
+    cols = _linear_weights(w_in, w_out)
+    out = np.empty((n, c, h_out, w_out), dtype=_F32 if threshold is None else bool)
+    bands = _row_bands(h_out, n * c * h_out * w_out)
+    if len(bands) == 1:
+        _upsample_rows(x, out, rows, cols, threshold, 0, h_out)
+        return out
+    errors: list[BaseException] = []
+
+    def band(r0: int, r1: int) -> None:
+        try:
+            _upsample_rows(x, out, rows, cols, threshold, r0, r1)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(e)
+
+    helpers = [threading.Thread(target=band, args=b, daemon=True) for b in bands[1:]]
+    for t in helpers:
+        t.start()
+    band(*bands[0])
+    for t in helpers:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+_PARALLEL_MIN_PIXELS = 1 << 20  # below this, a thread costs more than it saves
+
+
+def _row_bands(h_out: int, total_pixels: int) -> list[tuple[int, int]]:
+    """Contiguous ``[r0, r1)`` bands of output rows, one per core used (at most 4)."""
+    workers = min(os.cpu_count() or 1, 4, max(1, h_out // 64))
+    if total_pixels < _PARALLEL_MIN_PIXELS or workers < 2:
+        return [(0, h_out)]
+    edges = [round(i * h_out / workers) for i in range(workers + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(workers)]
+
+
+def _upsample_rows(
+    x: np.ndarray,
+    out: np.ndarray,
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    cols: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    threshold: float | None,
+    r0: int,
+    r1: int,
+) -> None:
+    """Output rows ``r0:r1`` of :func:`upsample_masks` (all ``N x C`` planes) into ``out``."""
+    n, c, _, _ = x.shape
+    w_out = out.shape[3]
+    h0, h1, a0, a1 = (v[r0:r1] for v in rows)
+    w0, w1, b0, b1 = cols
+    lo, hi = int(h0[0]), int(h1[-1]) + 1  # the source rows this band reads
+    h0, h1 = h0 - lo, h1 - lo
     a0_col = a0[:, None]
     a1_col = a1.astype(_F32)[:, None]
     b1_32 = b1.astype(_F32)
-    if threshold is None:
-        out = np.empty((n, c, h_out, w_out), dtype=_F32)
-    else:
-        thr = _F32(threshold)
-        out = np.empty((n, c, h_out, w_out), dtype=bool)
+    thr = None if threshold is None else _F32(threshold)
     # row blocks of ~512 KB (float64) keep the vertical pass in cache
-    block = max(1, min(h_out, (1 << 16) // w_out))
-    t = np.empty((h_in, w_out), dtype=_F32)
+    block = max(1, min(r1 - r0, (1 << 16) // w_out))
+    t = np.empty((hi - lo, w_out), dtype=_F32)
     buf = np.empty((block, w_out), dtype=_F32)
     for i in range(n):
         for j in range(c):
-            plane = x[i, j]
+            plane = x[i, j, lo:hi]
             # width pass, then height pass over row blocks (PyTorch's order of operations)
             _fma_lerp(np.take(plane, w0, axis=1), b0, np.take(plane, w1, axis=1), b1_32, t)
             t64 = t.astype(np.float64)
-            dst = out[i, j]
-            for r in range(0, h_out, block):
-                s = slice(r, min(r + block, h_out))
-                rows = dst[s] if threshold is None else buf[: s.stop - s.start]
+            dst = out[i, j, r0:r1]
+            for r in range(0, r1 - r0, block):
+                s = slice(r, min(r + block, r1 - r0))
+                dst_rows = dst[s] if thr is None else buf[: s.stop - s.start]
                 top = np.take(t64, h0[s], axis=0)
-                _fma_lerp(top, a0_col[s], np.take(t, h1[s], axis=0), a1_col[s], rows)
-                if threshold is not None:
-                    np.greater(rows, thr, out=dst[s])
-    return out
+                _fma_lerp(top, a0_col[s], np.take(t, h1[s], axis=0), a1_col[s], dst_rows)
+                if thr is not None:
+                    np.greater(dst_rows, thr, out=dst[s])
 
 
 def postprocess(

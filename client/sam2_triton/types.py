@@ -13,7 +13,7 @@ import numpy as np
 
 from . import spec
 
-__all__ = ["CacheStats", "ImageEmbedding", "Prediction", "Prompt"]
+__all__ = ["CacheStats", "ImageEmbedding", "Prediction", "Prompt", "RemoteEmbedding"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +86,47 @@ class ImageEmbedding:
         return (
             f"ImageEmbedding(orig_hw={self.orig_hw}, dtype={self.dtype}, "
             f"nbytes={self.nbytes}, fingerprint={fp})"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class RemoteEmbedding:
+    """An image whose features the server keeps (``sam2_session``): what ``encode`` returns when
+    the client uses sessions. Pass it to ``decode`` like an ``ImageEmbedding``; each click then
+    sends only ``image_id`` and the prompt. ``SAM2Client.fetch_embedding`` downloads the features.
+
+    Attributes:
+        image_id: the server's id of the image, 64 lowercase hex characters (sha256 of the
+            encoder input and ``orig_hw``; the same picture always gets the same id).
+        orig_hw: ``(H, W)`` of the original image.
+        fingerprint: int32 ``[2]``, the weights of the encoder that made the features.
+        wire_image: ``[3, 1024, 1024]`` encoder input in the server's input dtype (read-only),
+            kept so that the client can upload the image again, transparently, when the server
+            no longer holds it (evicted, restarted). 12.6 MB in float32.
+    """
+
+    image_id: str
+    orig_hw: tuple[int, int]
+    fingerprint: np.ndarray
+    wire_image: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("fingerprint", "wire_image"):
+            arr = np.ascontiguousarray(getattr(self, name)).view()
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+        object.__setattr__(self, "orig_hw", (int(self.orig_hw[0]), int(self.orig_hw[1])))
+        object.__setattr__(self, "image_id", str(self.image_id))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held on the client: the kept encoder input (what the embedding cache budgets)."""
+        return int(self.wire_image.nbytes)
+
+    def __repr__(self) -> str:
+        return (
+            f"RemoteEmbedding(image_id={self.image_id[:12]}..., orig_hw={self.orig_hw}, "
+            f"nbytes={self.nbytes})"
         )
 
 

@@ -9,6 +9,11 @@ Two flavours of one repository (``model_repository/``):
   without a GPU and for the tritonserver that ships in the ``nvidia-pytriton`` wheel, which has no
   ONNX Runtime backend.
 
+Two more models, python backend in both flavours, call the encoder and decoder through BLS:
+``sam2_session`` (features held on the server, clicks carry an image id; source
+``session_model.py``) and ``sam2_segment`` (one-shot segmentation over plain REST; source
+``segment_model.py``). Their ``1/model.py`` is a verbatim copy of those self-contained modules.
+
 The configs are generated from ``RepositoryOptions`` so that they always match the exported ONNX
 files (dtypes depend on export options); the committed files are the output for the defaults.
 """
@@ -49,7 +54,7 @@ ORT_TRT_ACCELERATOR_KEYS = frozenset(
 )
 
 _DTYPES = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "uint8": mc.TYPE_UINT8,
-           "int32": mc.TYPE_INT32}
+           "int32": mc.TYPE_INT32, "object": mc.TYPE_STRING}
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,16 @@ class RepositoryOptions:
         bigger calls. max_points: largest P (points per prompt, a box counts as 2).
     engine_cache_dir: where TensorRT engines are cached (a writable volume in docker compose).
     workspace_bytes: TensorRT builder workspace.
+    session_cache_bytes: byte budget of ``sam2_session``'s feature store (16.8 MB per image in
+        FP32, 8.4 MB in FP16: 1 GiB holds 63 / 127 images). On the GPU flavour it is GPU memory
+        (with ``session_features_on_gpu``), on the CPU flavour the python backend's shared
+        memory (``/dev/shm``).
+    session_features_on_gpu: GPU flavour: keep the held features in GPU memory (BLS outputs
+        with ``preferred_memory`` GPU) instead of host shared memory.
+    session_threads: parallel encoder calls of one multi-image upload to ``sam2_session``.
+    session_max_pending: requests ``sam2_session``/``sam2_segment`` run at once, one thread each
+        (so a long encode does not hold up other users' clicks); more are refused with
+        UNAVAILABLE "too many requests".
     """
 
     image_dtype: str = "float32"
@@ -83,12 +98,19 @@ class RepositoryOptions:
     max_points: int = 32
     engine_cache_dir: str = "/engine_cache"
     workspace_bytes: int = 4 << 30
+    session_cache_bytes: int = 1 << 30
+    session_features_on_gpu: bool = True
+    session_threads: int = 8
+    session_max_pending: int = 64
 
     def __post_init__(self) -> None:
         if self.image_dtype not in ("float32", "float16", "uint8"):
             raise ValueError(f"image_dtype must be float32, float16 or uint8, got {self.image_dtype!r}")
         if self.feature_dtype not in ("float32", "float16"):
             raise ValueError(f"feature_dtype must be float32 or float16, got {self.feature_dtype!r}")
+        for name in ("session_cache_bytes", "session_threads", "session_max_pending"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
 
 def _tensor(t: spec.TensorSpec, batched: bool, io: type) -> object:
@@ -209,6 +231,60 @@ def decoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
     return cfg
 
 
+def _bls_model(cfg: mc.ModelConfig, flavour: str, opts: RepositoryOptions,
+               params: dict[str, str]) -> None:
+    """What the two BLS models share: python backend, exactly one instance, parameters."""
+    cfg.backend = "python"
+    gpu = flavour == "gpu"
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+                           count=1)
+    for key, value in {
+        "ENCODER_MODEL": spec.ENCODER_MODEL,
+        "DECODER_MODEL": spec.DECODER_MODEL,
+        **params,
+    }.items():
+        cfg.parameters[key].string_value = value
+
+
+def session_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> mc.ModelConfig:
+    """The ``sam2_session`` config: python backend, BLS to encoder and decoder, one instance.
+
+    Every input is optional (``op`` says which are used, see ``spec``); max_batch_size 0 (one
+    request carries its own batch). One instance only: the feature store lives in its process.
+    """
+    _check_flavour(flavour)
+    cfg = mc.ModelConfig(name=spec.SESSION_MODEL, max_batch_size=0)
+    for t in spec.session_inputs(opts.image_dtype):
+        cfg.input.append(mc.ModelInput(name=t.name, data_type=_DTYPES[t.dtype], dims=list(t.shape),
+                                       optional=True))
+    cfg.output.extend(_tensor(t, False, mc.ModelOutput)
+                      for t in spec.session_outputs(opts.feature_dtype))
+    on_gpu = flavour == "gpu" and opts.session_features_on_gpu
+    _bls_model(cfg, flavour, opts, {
+        "SESSION_CACHE_BYTES": str(opts.session_cache_bytes),
+        "SESSION_FEATURES_ON_GPU": "true" if on_gpu else "false",
+        "SESSION_THREADS": str(opts.session_threads),
+        "SESSION_MAX_PENDING": str(opts.session_max_pending),
+        "SESSION_MAX_IMAGES_PER_REQUEST": str(max(opts.max_batch_size, opts.cpu_max_batch_size)),
+    })
+    return cfg
+
+
+def segment_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> mc.ModelConfig:
+    """The ``sam2_segment`` config: python backend, encoded image + JSON prompts in, JSON out.
+
+    Decodes the image with Pillow, which the NGC Triton container does not ship: see SETUP.md.
+    """
+    _check_flavour(flavour)
+    cfg = mc.ModelConfig(name=spec.SEGMENT_MODEL, max_batch_size=0)
+    _io(cfg, spec.segment_inputs(), spec.segment_outputs(), False)
+    _bls_model(cfg, flavour, opts, {
+        "ENCODER_IMAGE_DTYPE": opts.image_dtype,
+        "SEGMENT_MAX_PENDING": str(opts.session_max_pending),
+    })
+    return cfg
+
+
 def _python_params(cfg: mc.ModelConfig) -> None:
     # The python-backend stub runs in isolated mode; sam2-triton serve points it at the
     # environment that has onnxruntime (see sam2_triton_serve.launcher).
@@ -239,6 +315,19 @@ PYTHON_MODEL_SHIM = (
 )
 
 
+# The BLS models' model.py: the source of a self-contained module of this package, copied
+# verbatim (numpy + triton_python_backend_utils only: the NGC container has no sam2_triton).
+BLS_MODEL_SOURCES = {
+    spec.SESSION_MODEL: "session_model.py",
+    spec.SEGMENT_MODEL: "segment_model.py",
+}
+
+
+def bls_model_source(model: str) -> str:
+    """The text of ``<model>/1/model.py`` for ``sam2_session`` or ``sam2_segment``."""
+    return (Path(__file__).resolve().parent / BLS_MODEL_SOURCES[model]).read_text()
+
+
 def config_files(opts: RepositoryOptions = RepositoryOptions()) -> dict[str, str]:
     """Every file of the repository except the ONNX models: relative path -> text."""
     files = {}
@@ -246,6 +335,10 @@ def config_files(opts: RepositoryOptions = RepositoryOptions()) -> dict[str, str
         files[f"{name}/config.pbtxt"] = render(build("gpu", opts))
         files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))
         files[f"{name}/1/model.py"] = PYTHON_MODEL_SHIM
+    for name, build in ((spec.SESSION_MODEL, session_config), (spec.SEGMENT_MODEL, segment_config)):
+        files[f"{name}/config.pbtxt"] = render(build("gpu", opts))
+        files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))
+        files[f"{name}/1/model.py"] = bls_model_source(name)
     return files
 
 

@@ -1,0 +1,128 @@
+"""The in-process baselines the served numbers are compared with, on the same weights.
+
+- ``InProcessORT``: onnxruntime in this process on the *same ONNX files* the server runs, with
+  the session options the CPU flavour's python backend uses, and the *same client code* around
+  it (preprocessing, prompt validation, mask selection and upsampling): the difference to a
+  served call is exactly what serving costs (transport, serialisation, Triton, python backend).
+- ``Sam2Predictor``: ``sam2.sam2_image_predictor.SAM2ImagePredictor`` in PyTorch, what users
+  run today (its own preprocessing and postprocessing).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sam2_triton import _validate, _wire, spec
+from sam2_triton.types import ImageEmbedding, Prediction, Prompt
+
+
+class _Result:
+    """A dict of output arrays with the ``as_numpy`` of tritonclient's results."""
+
+    def __init__(self, outputs: dict[str, np.ndarray]) -> None:
+        self._outputs = outputs
+
+    def as_numpy(self, name: str) -> np.ndarray | None:
+        return self._outputs.get(name)
+
+
+def _providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class InProcessORT:
+    """Encoder and decoder ONNX files of one export, run by onnxruntime in this process."""
+
+    def __init__(self, repo: Path) -> None:
+        import onnxruntime as ort
+
+        from sam2_triton_serve import repository
+
+        options = ort.SessionOptions()
+        # the CPU flavour's python backend: ORT_INTRA_OP_THREADS "0" = os.cpu_count(), 1 inter
+        options.intra_op_num_threads = os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.providers = _providers()
+        self.encoder = ort.InferenceSession(
+            str(repository.model_file(repo, spec.ENCODER_MODEL)), options, providers=self.providers)
+        self.decoder = ort.InferenceSession(
+            str(repository.model_file(repo, spec.DECODER_MODEL)), options, providers=self.providers)
+        self._enc_outputs = [o.name for o in self.encoder.get_outputs()]
+        self._dec_outputs = [o.name for o in self.decoder.get_outputs()]
+        self.image_dtype = np.dtype(
+            {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+             "tensor(uint8)": np.uint8}[self.encoder.get_inputs()[0].type])
+
+    def encode(self, image: Any) -> ImageEmbedding:
+        """What ``SAM2Client.encode`` computes, without the server."""
+        image01 = _wire.load_image01(image)
+        wire = _wire.to_wire_image(image01, self.image_dtype)
+        outs = dict(zip(self._enc_outputs,
+                        self.encoder.run(self._enc_outputs, {spec.ENCODER_IMAGE: wire[None]})))
+        return ImageEmbedding(**{n: outs[n] for n in spec.FEATURE_NAMES},
+                              orig_hw=image01.shape[:2], fingerprint=outs[spec.FINGERPRINT][0])
+
+    def decode(self, embedding: ImageEmbedding, prompt: Prompt, multimask_output: bool = True,
+               ) -> tuple[Prediction, float]:
+        """What ``SAM2Client.decode`` computes for one prompt, without the server; also returns
+        the seconds of the decoder's ``session.run`` alone."""
+        wire = [_validate.validate_prompt(prompt, "prompt", embedding.orig_hw)]
+        (chunk,) = _validate.plan_decode(wire, 64)
+        feeds = {n: np.ascontiguousarray(a) for n, a in embedding.features().items()}
+        feeds.update({spec.POINT_COORDS: chunk.point_coords, spec.POINT_LABELS: chunk.point_labels,
+                      spec.MASK_INPUT: chunk.mask_input, spec.HAS_MASK_INPUT: chunk.has_mask_input})
+        start = time.perf_counter()
+        outs = self.decoder.run(self._dec_outputs, feeds)
+        run_s = time.perf_counter() - start
+        result = _Result(dict(zip(self._dec_outputs, outs)))
+        (pred,) = _wire.parse_decoder_result(result, 1, embedding, spec.DECODER_MODEL,
+                                             multimask_output, False, spec.MASK_THRESHOLD)
+        return pred, run_s
+
+
+class Sam2Predictor:
+    """``SAM2ImagePredictor`` on the weights an export was made from (its manifest)."""
+
+    def __init__(self, manifest: dict) -> None:
+        import torch
+
+        with warnings.catch_warnings():  # torch.jit deprecation noise from sam2's imports
+            warnings.simplefilter("ignore")
+            from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+            from sam2_triton_export import checkpoints
+
+        weights = manifest.get("weights", {})
+        state_dict = None
+        if not weights.get("random", True):
+            state_dict = checkpoints.load_state_dict(Path(weights["path"]))
+        with warnings.catch_warnings():  # torch.jit deprecation noise from sam2's imports
+            warnings.simplefilter("ignore")
+            model = checkpoints.build_model(manifest["variant"], state_dict,
+                                            seed=weights.get("seed", 0))
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = model.to(self.device).eval()
+        self.predictor = SAM2ImagePredictor(model)
+        self.torch_version = torch.__version__
+        self.threads = torch.get_num_threads()
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.predictor.set_image(image)
+
+    def predict(self, point: tuple[float, float], multimask_output: bool = True) -> np.ndarray:
+        masks, _, _ = self.predictor.predict(
+            point_coords=np.array([point], dtype=np.float32), point_labels=np.array([1]),
+            multimask_output=multimask_output)
+        return masks

@@ -1,0 +1,859 @@
+"""Sessions (``sam2_session``) and one-shot REST segmentation (``sam2_segment``).
+
+Unit tests of the self-contained model files (COCO RLE against pycocotools, the feature store,
+prompt parsing) and tests against the real local tritonserver: masks equal to the features path,
+eviction under a small byte budget with transparent re-upload, a restart mid-use, concurrent
+first requests sharing one encoder run, the budget under load, clear errors, and REST
+segmentation equal to the client's masks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from sam2_triton import (
+    ImageEmbedding,
+    InvalidInputError,
+    ModelNotReadyError,
+    Prompt,
+    RemoteEmbedding,
+    SAM2Client,
+    SAM2ImagePredictor,
+    UnknownImageError,
+    spec,
+    transforms,
+)
+from sam2_triton._core import map_transport_error
+from sam2_triton_serve import repository
+from sam2_triton_serve.segment_model import (
+    RequestError as SegmentRequestError,
+)
+from sam2_triton_serve.segment_model import (
+    image_bytes,
+    parse_prompts,
+    rle_decode,
+    rle_encode,
+)
+from sam2_triton_serve.session_model import (
+    Entry,
+    FeatureStore,
+    RequestError,
+    check_image_id,
+    image_id,
+)
+
+from .triton_helpers import metric, metrics_text
+
+T = 600.0  # client timeout: CPU encodes on a busy 2-core machine can take a minute
+FEATURE_BYTES = sum(int(np.prod(s)) * 4 for s in spec.FEATURE_SHAPES.values())  # 16.8 MB
+PROMPTS = [
+    Prompt(point_coords=[[60, 40]], point_labels=[1]),
+    Prompt(box=[10, 20, 150, 100]),
+    Prompt(point_coords=[[90, 50], [20, 30]], point_labels=[1, 0], box=[5, 5, 170, 110]),
+]
+
+
+def picture(seed: int, h: int = 120, w: int = 180) -> np.ndarray:
+    """A small smooth RGB picture (uint8), different for every seed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([np.sin(xx / (7 + seed % 5)), np.cos(yy / 9.0), np.sin((xx + yy) / 13.0)], -1)
+    noisy = 127.5 * (1 + base) + rng.normal(0, 12, (h, w, 3))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def same_predictions(a, b) -> None:
+    for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+        np.testing.assert_array_equal(x.masks, y.masks)
+        np.testing.assert_array_equal(x.scores, y.scores)
+        np.testing.assert_array_equal(x.low_res_logits, y.low_res_logits)
+
+
+# =============================================================================================
+# unit tests: no server
+# =============================================================================================
+def _masks() -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(0)
+    for h, w in ((1, 1), (1, 7), (9, 1), (5, 4), (37, 61), (240, 320)):
+        yield np.zeros((h, w), bool)
+        yield np.ones((h, w), bool)
+        yield rng.random((h, w)) < 0.5
+        yield rng.random((h, w)) < 0.02
+        yy, xx = np.mgrid[0:h, 0:w]
+        yield (yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (min(h, w) / 3) ** 2
+
+
+@pytest.mark.parametrize("index", range(30))
+def test_rle_equals_pycocotools(index: int) -> None:
+    from pycocotools import mask as mask_utils
+
+    mask = list(_masks())[index]
+    ours = rle_encode(mask)
+    theirs = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    assert ours["size"] == [int(s) for s in theirs["size"]]
+    assert ours["counts"] == theirs["counts"].decode("ascii")
+    np.testing.assert_array_equal(rle_decode(ours), mask)
+    back = mask_utils.decode({"size": ours["size"], "counts": ours["counts"].encode()})
+    np.testing.assert_array_equal(back.astype(bool), mask)
+
+
+def test_rle_long_runs_use_negative_deltas() -> None:
+    """Counts larger than 2**15 and deltas below zero exercise the sign handling."""
+    from pycocotools import mask as mask_utils
+
+    mask = np.zeros((300, 400), bool)
+    mask[:, 200:] = True
+    mask[5, 3] = True
+    ours = rle_encode(mask)
+    assert (
+        ours["counts"]
+        == mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+    )
+    np.testing.assert_array_equal(rle_decode(ours), mask)
+
+
+def _entry(nbytes: int, tag: int = 0) -> Entry:
+    return Entry({"image_embed": np.full(3, tag)}, (10, 20), np.array([1, 2], np.int32), nbytes)
+
+
+def test_feature_store_is_an_lru_bounded_by_bytes() -> None:
+    events: list[tuple[str, dict]] = []
+    store = FeatureStore(100, lambda event, **v: events.append((event, v)))
+    for key in "abc":
+        assert store.claim(key)[0] == "mine"
+        store.finish(key, _entry(40))
+    assert len(store) == 2 and store.nbytes == 80  # "a" evicted for "c"
+    assert store.get("a", "decode") is None
+    assert store.get("b", "decode") is not None  # b is now the most recently used
+    state, _ = store.claim("d")
+    store.finish("d", _entry(40))
+    assert store.get("c", "decode") is None and store.get("b", "decode") is not None
+    assert [e for e, _ in events].count("evict") == 2
+    sizes = [v for e, v in events if e == "size"]
+    assert all(v["nbytes"] <= 100 for v in sizes) and sizes[-1] == {"images": 2, "nbytes": 80}
+    hits = [v["op"] for e, v in events if e == "hit"]
+    misses = [v["op"] for e, v in events if e == "miss"]
+    assert hits == ["decode", "decode"] and misses.count("encode") == 4
+
+
+def test_feature_store_coalesces_concurrent_claims() -> None:
+    store = FeatureStore(100)
+    assert store.claim("a")[0] == "mine"
+    state, pending = store.claim("a")
+    assert state == "wait" and not pending.done.is_set()
+    waiter = threading.Thread(target=pending.done.wait)
+    waiter.start()
+    store.finish("a", _entry(10, tag=7))
+    waiter.join(5)
+    assert pending.entry.tensors["image_embed"][0] == 7
+    assert store.claim("a")[0] == "held"
+
+
+def test_feature_store_reports_errors_to_waiters_and_refuses_oversized_entries() -> None:
+    store = FeatureStore(100)
+    store.claim("a")
+    _, pending = store.claim("a")
+    store.finish("a", None, RequestError("encoder down", "INTERNAL"))
+    assert pending.error is not None and "encoder down" in str(pending.error)
+    assert store.claim("a")[0] == "mine"  # a failed encode is not remembered
+    _, pending = store.claim("a")
+    store.finish("a", _entry(101))
+    assert "more than the whole session store" in str(pending.error) and len(store) == 0
+    with pytest.raises(ValueError, match="> 0"):
+        FeatureStore(0)
+
+
+def test_image_id_is_the_documented_sha256() -> None:
+    wire = np.random.default_rng(1).random((3, 8, 8), dtype=np.float32)
+    want = hashlib.sha256(
+        spec.SESSION_ID_SALT + wire.tobytes() + np.array([480, 640], "<i4").tobytes()
+    ).hexdigest()
+    assert image_id(wire, (480, 640)) == want and len(want) == spec.SESSION_ID_LEN
+    assert image_id(wire, (480, 641)) != want  # the size is part of the id
+
+
+@pytest.mark.parametrize(
+    "bad", [b"", b"abc", b"A" * 64, b"g" * 64, "é" * 64, b"0" * 65, b"0" * 100_000]
+)
+def test_malformed_ids_are_rejected(bad) -> None:
+    with pytest.raises(RequestError, match="64 lowercase hex characters") as info:
+        check_image_id(bad)
+    assert len(str(info.value)) < 300  # a 100 kB id is not echoed back
+    assert check_image_id(b"0123456789abcdef" * 4) == "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    ("prompts", "match"),
+    [
+        (b"not json", "invalid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"point": [[1, 2]]}', "unknown key"),
+        (b'{"points": [[1, 2]]}', "together"),
+        (b'{"points": [[1, 2, 3]], "labels": [1]}', r"shape \[n, 2\]"),
+        (b'{"points": [[1, 2]], "labels": [2]}', "labels must be 1"),
+        (b'{"points": [[1, NaN]], "labels": [1]}', "NaN"),
+        (b'{"box": [5, 5, 1, 9]}', "inverted"),
+        (b'{"multimask": "yes", "box": [0, 0, 1, 1]}', "true or false"),
+        (b'{"format": "tiff", "box": [0, 0, 1, 1]}', "format"),
+        (b"{}", "no points and no box"),
+        (b'{"objects": [], "multimask": true}', "1 to"),
+        (b'{"objects": [{"box": [0, 0, 1, 1]}], "box": [0, 0, 1, 1]}', "both 'objects'"),
+        (b'{"objects": [{"box": [0, 0, 1, 1], "mask": 1}]}', r"objects\[0\] has unknown key"),
+    ],
+)
+def test_segment_prompt_errors_name_the_field(prompts: bytes, match: str) -> None:
+    with pytest.raises(SegmentRequestError, match=match):
+        parse_prompts(prompts)
+
+
+def test_segment_prompts_defaults_and_objects() -> None:
+    objects, multimask, fmt = parse_prompts(b'{"points": [[3, 4]], "labels": [1]}')
+    assert (len(objects), multimask, fmt) == (1, False, "rle")
+    objects, multimask, fmt = parse_prompts(
+        json.dumps(
+            {
+                "objects": [{"box": [0, 0, 5, 5]}, {"points": [[1, 1]], "labels": [0]}],
+                "multimask": True,
+                "format": "png",
+            }
+        ).encode()
+    )
+    assert (len(objects), multimask, fmt) == (2, True, "png")
+    assert objects[0]["points"] is None and objects[1]["box"] is None
+
+
+def test_segment_image_element_accepts_raw_base64_and_data_urls() -> None:
+    raw = png(picture(0, 4, 5))
+    b64 = base64.b64encode(raw)
+    assert image_bytes(raw) == raw
+    assert image_bytes(b64) == raw
+    assert image_bytes(b64[:20] + b"\n" + b64[20:]) == raw  # wrapped base64 (no -w0)
+    assert image_bytes(b"data:image/png;base64," + b64) == raw
+    with pytest.raises(SegmentRequestError, match="empty"):
+        image_bytes(b"")
+
+
+def test_unknown_image_error_is_mapped_before_not_found() -> None:
+    exc = InferenceServerException(
+        "sam2_session: unknown image id 'ab': never encoded", status="StatusCode.NOT_FOUND"
+    )
+    assert isinstance(map_transport_error(exc, "sam2_session"), UnknownImageError)
+    other = InferenceServerException("Request for unknown model", status="StatusCode.NOT_FOUND")
+    assert isinstance(map_transport_error(other, "sam2_session"), ModelNotReadyError)
+
+
+def test_use_sessions_is_validated() -> None:
+    with pytest.raises(InvalidInputError, match="use_sessions"):
+        SAM2Client("localhost:1", use_sessions=1)  # type: ignore[arg-type]
+
+
+# =============================================================================================
+# against the real local tritonserver
+# =============================================================================================
+def _session_infer(server, arrays: dict[str, np.ndarray], outputs: list[str] | None = None):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = []
+    for name, arr in arrays.items():
+        dt = "BYTES" if arr.dtype == object else np_to_triton_dtype(arr.dtype)
+        inp = grpcclient.InferInput(name, list(arr.shape), dt)
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    wanted = [grpcclient.InferRequestedOutput(o) for o in outputs] if outputs else None
+    try:
+        return client.infer(spec.SESSION_MODEL, inputs, outputs=wanted)
+    finally:
+        client.close()
+
+
+def _op(name: str) -> np.ndarray:
+    return np.array([name.encode()], dtype=object)
+
+
+def _wire_image(seed: int) -> tuple[np.ndarray, tuple[int, int]]:
+    return transforms.preprocess(picture(seed))
+
+
+@pytest.fixture(scope="module")
+def features_client(triton_server) -> Iterator[SAM2Client]:
+    with SAM2Client(triton_server.grpc_url, use_sessions=False, timeout_s=T) as client:
+        yield client
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_session_masks_equal_the_features_path(
+    triton_server, features_client, protocol: str
+) -> None:
+    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
+    image = picture(1)
+    with SAM2Client(url, protocol, timeout_s=T) as client:  # use_sessions=None: detected
+        remote = client.encode(image)
+        assert isinstance(remote, RemoteEmbedding) and remote.orig_hw == (120, 180)
+        local = features_client.encode(image)
+        assert isinstance(local, ImageEmbedding)
+        np.testing.assert_array_equal(remote.fingerprint, local.fingerprint)
+        for multimask in (True, False):
+            same_predictions(
+                client.decode(remote, PROMPTS, multimask_output=multimask),
+                features_client.decode(local, PROMPTS, multimask_output=multimask),
+            )
+        first = client.decode(remote, PROMPTS[0])
+        refine = Prompt(
+            point_coords=[[60, 40]], point_labels=[1], mask_input=first.low_res_logits[:1]
+        )
+        same_predictions(client.decode(remote, refine), features_client.decode(local, refine))
+        fetched = client.fetch_embedding(remote)
+        for name in spec.FEATURE_NAMES:
+            np.testing.assert_array_equal(getattr(fetched, name), getattr(local, name))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_async_client_uses_sessions(triton_server, features_client, protocol: str) -> None:
+    import asyncio
+
+    from sam2_triton import AsyncSAM2Client
+
+    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
+
+    async def run():
+        async with AsyncSAM2Client(url, protocol, timeout_s=T) as client:
+            remote = await client.encode(picture(2))
+            preds = await client.decode(remote, PROMPTS)
+            fetched = await client.fetch_embedding(remote)
+            return remote, preds, fetched
+
+    remote, preds, fetched = asyncio.run(run())
+    assert isinstance(remote, RemoteEmbedding)
+    local = features_client.encode(picture(2))
+    same_predictions(preds, features_client.decode(local, PROMPTS))
+    np.testing.assert_array_equal(fetched.image_embed, local.image_embed)
+
+
+@pytest.mark.triton
+def test_predictor_uses_sessions(triton_server) -> None:
+    image = picture(1)
+    with (
+        SAM2ImagePredictor(url=triton_server.grpc_url, timeout_s=T) as ours,
+        SAM2ImagePredictor(url=triton_server.grpc_url, use_sessions=False, timeout_s=T) as ref,
+    ):
+        ours.set_image(image)
+        ref.set_image(image)
+        assert isinstance(ours._embeddings[0], RemoteEmbedding)
+        args = {"point_coords": np.array([[60, 40]]), "point_labels": np.array([1])}
+        for a, b in zip(ours.predict(**args), ref.predict(**args)):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ours.get_image_embedding(), ref.get_image_embedding())
+
+
+def test_a_click_carries_only_the_id_and_the_prompt() -> None:
+    """What the session path sends per click: no features, no all-zero mask."""
+    from sam2_triton import _wire
+    from sam2_triton._validate import plan_decode, validate_prompt
+
+    chunk = plan_decode([validate_prompt(PROMPTS[0], "p", (120, 180))], 64)[0]
+    inputs = _wire.session_decode_inputs(grpcclient, "0" * 64, chunk)
+    assert [i.name() for i in inputs] == ["op", "image_id", "point_coords", "point_labels"]
+    assert sum(len(i._get_content() or b"") for i in inputs) < 200
+
+
+def test_the_client_computes_the_servers_image_id() -> None:
+    from sam2_triton import _wire
+
+    wire, hw = _wire_image(9)
+    assert _wire.session_image_id(wire, hw) == image_id(wire, hw)
+
+
+@pytest.mark.triton
+def test_session_requests_carry_the_routing_header(triton_server) -> None:
+    """Every request about an image names it in a header a gateway can hash on."""
+    from sam2_triton_serve.session_measure import ByteCountingRelay
+
+    host, port = triton_server.http_url.removeprefix("http://").rsplit(":", 1)
+    relay = ByteCountingRelay((host, int(port)), capture=True)
+    try:
+        with SAM2Client(f"127.0.0.1:{relay.port}", "http", timeout_s=T) as client:
+            remote = client.encode(picture(1))
+            client.decode(remote, PROMPTS[0])
+        time.sleep(0.2)
+        header = f"{spec.SESSION_ROUTING_HEADER}: {remote.image_id}".encode()
+        infers = relay.captured.count(b"POST /v2/models/sam2_session/infer")
+        assert infers == 2 and relay.captured.lower().count(header.lower()) == 2
+    finally:
+        relay.close()
+
+
+@pytest.mark.triton
+def test_concurrent_first_requests_run_the_encoder_once(triton_server) -> None:
+    wire, hw = _wire_image(77)
+    before = metrics_text(triton_server.metrics_url)
+    arrays = {"op": _op("encode"), "image": wire[None], "orig_hw": np.array([hw], np.int32)}
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: _session_infer(triton_server, arrays), range(8)))
+    ids = {r.as_numpy("image_id")[0] for r in results}
+    assert ids == {image_id(wire, hw).encode()}
+    after = metrics_text(triton_server.metrics_url)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("sam2_session_misses_total", op="encode") == 1
+    assert delta("sam2_session_hits_total", op="encode") == 7
+    assert delta("nv_inference_request_success", model=spec.ENCODER_MODEL) == 1
+    held = metric(after, "sam2_session_images")
+    assert held >= 1 and metric(after, "sam2_session_bytes") == held * FEATURE_BYTES
+
+
+@pytest.mark.triton
+def test_a_click_is_not_held_up_by_an_encode(triton_server) -> None:
+    """The session model answers from a thread pool: a decode overtakes a running encode."""
+    wire, hw = _wire_image(3)
+    held = _session_infer(
+        triton_server,
+        {"op": _op("encode"), "image": wire[None], "orig_hw": np.array([hw], np.int32)},
+    )
+    held_id = held.as_numpy("image_id")
+    finished: dict[str, float] = {}
+
+    def encode_new() -> None:
+        new, new_hw = _wire_image(int(time.time() * 1000) % 100_000 + 1000)
+        _session_infer(
+            triton_server,
+            {"op": _op("encode"), "image": new[None], "orig_hw": np.array([new_hw], np.int32)},
+        )
+        finished["encode"] = time.monotonic()
+
+    thread = threading.Thread(target=encode_new)
+    thread.start()
+    time.sleep(0.3)
+    _session_infer(
+        triton_server,
+        {
+            "op": _op("decode"),
+            "image_id": held_id,
+            "point_coords": np.array([[[300.0, 200.0]]], np.float32),
+            "point_labels": np.array([[1]], np.int32),
+        },
+    )
+    finished["decode"] = time.monotonic()
+    thread.join(120)
+    assert finished["decode"] < finished["encode"]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    ("arrays", "status", "match"),
+    [
+        (
+            {
+                "op": _op("decode"),
+                "image_id": np.array([b"0" * 64], object),
+                "point_coords": np.zeros((1, 1, 2), np.float32),
+                "point_labels": np.ones((1, 1), np.int32),
+            },
+            "NOT_FOUND",
+            "unknown image id '0000",
+        ),
+        (
+            {"op": _op("features"), "image_id": np.array([b"0" * 64], object)},
+            "NOT_FOUND",
+            "unknown image id",
+        ),
+        (
+            {
+                "op": _op("decode"),
+                "image_id": np.array([b"xyz"], object),
+                "point_coords": np.zeros((1, 1, 2), np.float32),
+                "point_labels": np.ones((1, 1), np.int32),
+            },
+            "INVALID_ARGUMENT",
+            "64 lowercase hex characters.*'xyz' \\(3 characters\\)",
+        ),
+        (
+            {"op": _op("features"), "image_id": np.array([b"f" * 1_000_000], object)},
+            "INVALID_ARGUMENT",
+            "1000000 characters",
+        ),
+        (
+            {"op": _op("features"), "image_id": np.array([b"0" * 64, b"1" * 64], object)},
+            "INVALID_ARGUMENT",
+            "exactly one id",
+        ),
+        ({"op": _op("fly")}, "INVALID_ARGUMENT", "must be one of"),
+        ({"image_id": np.array([b"0" * 64], object)}, "INVALID_ARGUMENT", "'op' is missing"),
+        (
+            {"op": _op("decode"), "image_id": np.array([b"0" * 64], object)},
+            "INVALID_ARGUMENT",
+            "needs input",
+        ),
+        (
+            {
+                "op": _op("features"),
+                "image_id": np.array([b"0" * 64], object),
+                "point_labels": np.ones((1, 1), np.int32),
+            },
+            "INVALID_ARGUMENT",
+            "does not use input",
+        ),
+        (
+            {
+                "op": _op("features"),
+                "image_id": np.array([b"0" * 64], object),
+                "orig_hw": np.array([[1, 1]], np.int32),
+            },
+            "INVALID_ARGUMENT",
+            "both 'image' and 'orig_hw'",
+        ),
+        (
+            {
+                "op": _op("features"),
+                "image_id": np.array([b"0" * 64], object),
+                "image": np.zeros((1, 3, 1024, 1024), np.float32),
+                "orig_hw": np.array([[4, 4]], np.int32),
+            },
+            "INVALID_ARGUMENT",
+            "is not the id of the attached image",
+        ),
+        (
+            {
+                "op": _op("encode"),
+                "image": np.zeros((1, 3, 1024, 1024), np.float32),
+                "orig_hw": np.array([[0, 5]], np.int32),
+            },
+            "INVALID_ARGUMENT",
+            "is not an image size",
+        ),
+        (
+            {
+                "op": _op("encode"),
+                "image": np.full((1, 3, 1024, 1024), np.nan, np.float32),
+                "orig_hw": np.array([[5, 5]], np.int32),
+            },
+            "INVALID_ARGUMENT",
+            "NaN",
+        ),
+        (
+            {
+                "op": _op("encode"),
+                "image": np.zeros((1, 3, 2048, 2048), np.float32),
+                "orig_hw": np.array([[5, 5]], np.int32),
+            },
+            "INVALID_ARGUMENT",
+            "image",
+        ),
+        (
+            {
+                "op": _op("encode"),
+                "image": np.zeros((9, 3, 1024, 1024), np.float32),
+                "orig_hw": np.ones((9, 2), np.int32),
+            },
+            "INVALID_ARGUMENT",
+            "holds 9 images",
+        ),
+        (
+            {
+                "op": _op("decode"),
+                "image_id": np.array([b"0" * 64], object),
+                "point_coords": np.zeros((1, 1, 2), np.float32),
+                "point_labels": np.full((1, 1), 7, np.int32),
+            },
+            "INVALID_ARGUMENT",
+            "labels outside",
+        ),
+    ],
+)
+def test_bad_session_requests_get_clear_errors(triton_server, arrays, status, match) -> None:
+    with pytest.raises(InferenceServerException, match=match) as info:
+        _session_infer(triton_server, arrays)
+    assert info.value.status() == f"StatusCode.{status}"
+
+
+@pytest.mark.triton
+def test_unknown_id_is_reuploaded_by_the_client(triton_server, features_client) -> None:
+    """A RemoteEmbedding whose image this server never saw (uploaded to another replica, say):
+    the client re-sends the click with its kept image attached."""
+    local = features_client.encode(picture(4))
+    wire, hw = transforms.preprocess(picture(4))
+    unseen = RemoteEmbedding(
+        image_id=image_id(wire, hw), orig_hw=hw, fingerprint=local.fingerprint, wire_image=wire
+    )
+    before = metrics_text(triton_server.metrics_url)
+    with SAM2Client(triton_server.grpc_url, use_sessions=True, timeout_s=T) as client:
+        for prompt in PROMPTS[:2]:  # one request each
+            same_predictions(client.decode(unseen, prompt), features_client.decode(local, prompt))
+    after = metrics_text(triton_server.metrics_url)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    # the first click: missed, re-sent with the image (missed again, so encoded); the second
+    # click's image is held
+    assert delta("sam2_session_misses_total", op="decode") == 2
+    assert delta("sam2_session_misses_total", op="encode") == 1
+    assert delta("sam2_session_hits_total", op="decode") == 1
+
+
+@pytest.mark.triton
+def test_forced_sessions_without_a_session_model(triton_server) -> None:
+    with SAM2Client(
+        triton_server.grpc_url, use_sessions=True, session_model="no_such_model", timeout_s=T
+    ) as client:
+        with pytest.raises(ModelNotReadyError, match="use_sessions=True"):
+            client.encode(picture(1))
+    with SAM2Client(triton_server.grpc_url, session_model="no_such_model", timeout_s=T) as client:
+        assert isinstance(client.encode(picture(1)), ImageEmbedding)  # automatic: features
+
+
+@pytest.mark.triton
+def test_session_metrics_on_the_dashboard_are_exposed(triton_server) -> None:
+    import re
+
+    from .test_deploy import SESSION_METRICS, _dashboard, _targets, promql_metric_names
+
+    used = set().union(*(promql_metric_names(t["expr"]) for _, t in _targets(_dashboard())))
+    assert used & SESSION_METRICS == SESSION_METRICS
+    text = metrics_text(triton_server.metrics_url)
+    types = dict(re.findall(r"^# TYPE (sam2_session_\w+) (\w+)$", text, re.M))
+    assert types == {
+        name: "counter" if name.endswith("_total") else "gauge" for name in SESSION_METRICS
+    }
+    assert metric(text, "sam2_session_budget_bytes", model=spec.SESSION_MODEL) == (
+        repository.RepositoryOptions().session_cache_bytes
+    )
+
+
+# --- one-shot REST segmentation ---------------------------------------------------------------
+def _segment(server, image: bytes | str, prompts: dict | str) -> tuple[int, dict]:
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [image if isinstance(image, str) else base64.b64encode(image).decode()],
+            },
+            {
+                "name": "prompts",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [prompts if isinstance(prompts, str) else json.dumps(prompts)],
+            },
+        ]
+    }
+    request = urllib.request.Request(
+        f"{server.http_url}/v2/models/{spec.SEGMENT_MODEL}/infer",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            out = json.loads(response.read())
+            return response.status, json.loads(out["outputs"][0]["data"][0])
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("fmt", ["rle", "png"])
+def test_rest_segmentation_equals_the_client(triton_server, features_client, fmt: str) -> None:
+    image = picture(6, 97, 131)  # odd size: the upsampling is exercised
+    prompts = {
+        "objects": [
+            {"points": [[60, 40]], "labels": [1]},
+            {"box": [10, 20, 120, 90]},
+            {"points": [[30, 50], [20, 30]], "labels": [1, 0], "box": [5, 5, 125, 95]},
+        ],
+        "multimask": fmt == "png",
+        "format": fmt,
+    }
+    status, result = _segment(triton_server, png(image), prompts)
+    assert status == 200, result
+    assert (result["width"], result["height"], result["format"]) == (131, 97, fmt)
+    ours = [
+        Prompt(point_coords=[[60, 40]], point_labels=[1]),
+        Prompt(box=[10, 20, 120, 90]),
+        Prompt(point_coords=[[30, 50], [20, 30]], point_labels=[1, 0], box=[5, 5, 125, 95]),
+    ]
+    preds = features_client.decode(
+        features_client.encode(png(image)), ours, multimask_output=fmt == "png"
+    )
+    for obj, pred in zip(result["objects"], preds):
+        assert obj["scores"] == [float(s) for s in pred.scores]
+        assert obj["object_score_logit"] == pred.object_score_logits
+        for mask, want in zip(obj["masks"], pred.masks):
+            if fmt == "rle":
+                got = rle_decode(mask)
+            else:
+                got = np.asarray(Image.open(io.BytesIO(base64.b64decode(mask)))).astype(bool)
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.triton
+def test_rest_segmentation_of_a_jpeg_with_exif_orientation(triton_server, features_client) -> None:
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the viewer shows it 90 degrees turned
+    Image.fromarray(picture(8, 80, 120)).save(buf, format="JPEG", quality=90, exif=exif)
+    status, result = _segment(triton_server, buf.getvalue(), {"box": [10, 10, 70, 100]})
+    assert status == 200, result
+    assert (result["width"], result["height"]) == (80, 120)  # as the viewer shows it
+    pred = features_client.decode(
+        features_client.encode(buf.getvalue()),
+        Prompt(box=[10, 10, 70, 100]),
+        multimask_output=False,
+    )
+    np.testing.assert_array_equal(rle_decode(result["objects"][0]["masks"][0]), pred.masks[0])
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    ("image", "prompts", "match"),
+    [
+        (png(picture(0, 30, 40)), '{"points": [[50, 5]], "labels": [1]}', "outside the 40x30"),
+        (png(picture(0, 30, 40)), "{broken", "invalid JSON"),
+        ("bm90IGFuIGltYWdl", '{"box": [0, 0, 5, 5]}', "not a decodable image"),
+        ("%%%", '{"box": [0, 0, 5, 5]}', "not a decodable image"),
+    ],
+)
+def test_rest_segmentation_errors(triton_server, image, prompts, match) -> None:
+    status, body = _segment(triton_server, image, prompts)
+    assert status == 400, body
+    assert match in body["error"] and spec.SEGMENT_MODEL in body["error"]
+
+
+@pytest.mark.triton
+def test_client_recovers_from_a_server_restart(
+    exported_repo: Path, repo_copy: Path, features_client
+) -> None:
+    """Restart on the same repository: the image is sent again. Then a restart on a repository
+    without the session model: the client falls back to the features path by itself."""
+    from sam2_triton_serve.launcher import LocalTritonServer
+
+    for model in (spec.SESSION_MODEL, spec.SEGMENT_MODEL):
+        shutil.rmtree(repo_copy / model)
+
+    first = LocalTritonServer(exported_repo, http_port=0, grpc_port=0, metrics_port=0)
+    ports = {
+        "http_port": first.http_port,
+        "grpc_port": first.grpc_port,
+        "metrics_port": first.metrics_port,
+    }
+    with first, SAM2Client(first.grpc_url, timeout_s=T) as client:
+        remote = client.encode(picture(30))
+        before = client.decode(remote, PROMPTS)
+        first.stop()
+        with LocalTritonServer(exported_repo, **ports) as second:
+            assert metric(metrics_text(second.metrics_url), "sam2_session_images") == 0
+            client.wait_until_ready(60)
+            after = client.decode(remote, PROMPTS)  # unknown -> sent again with the image
+            text = metrics_text(second.metrics_url)
+            assert metric(text, "sam2_session_misses_total", op="decode") == 2  # and re-sent
+            assert metric(text, "sam2_session_misses_total", op="encode") == 1
+            assert metric(text, "sam2_session_images") == 1
+        with LocalTritonServer(repo_copy, **ports):
+            client.wait_until_ready(60)
+            without = client.decode(remote, PROMPTS)  # no session model: encoded, then decoded
+            assert isinstance(client.encode(picture(31)), ImageEmbedding)
+    same_predictions(after, before)
+    same_predictions(without, before)
+
+
+# --- a server with a small byte budget --------------------------------------------------------
+SMALL_BUDGET = int(2.5 * FEATURE_BYTES)  # holds two images
+
+
+def _small_budget_repo(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    # encoder batches of at most 2: four concurrent images need less memory on a small host
+    opts = repository.RepositoryOptions(session_cache_bytes=SMALL_BUDGET, cpu_max_batch_size=2)
+    for rel, text in repository.config_files(opts).items():
+        (dst / rel).write_text(text)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def small_server(exported_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    from sam2_triton_serve.launcher import LocalTritonServer
+
+    repo = _small_budget_repo(exported_repo, tmp_path_factory.mktemp("small") / "repo")
+    with LocalTritonServer(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+        yield server
+
+
+@pytest.mark.triton
+def test_eviction_then_transparent_reupload(small_server, features_client) -> None:
+    text = metrics_text(small_server.metrics_url)
+    assert metric(text, "sam2_session_budget_bytes") == SMALL_BUDGET
+    with SAM2Client(small_server.grpc_url, embedding_cache_bytes=0, timeout_s=T) as client:
+        first = client.encode(picture(10))
+        for seed in (11, 12):  # two more images push the first one out
+            client.encode(picture(seed))
+        text = metrics_text(small_server.metrics_url)
+        assert metric(text, "sam2_session_evictions_total") >= 1
+        assert metric(text, "sam2_session_images") == 2
+        with pytest.raises(InferenceServerException, match="unknown image id"):
+            _session_infer(
+                small_server,
+                {"op": _op("features"), "image_id": np.array([first.image_id.encode()], object)},
+            )
+        before = metric(text, "sam2_session_misses_total", op="encode")
+        preds = client.decode(first, PROMPTS)  # unknown -> upload again -> decode
+        text = metrics_text(small_server.metrics_url)
+        assert metric(text, "sam2_session_misses_total", op="encode") == before + 1
+    same_predictions(preds, features_client.decode(features_client.encode(picture(10)), PROMPTS))
+
+
+@pytest.mark.triton
+def test_byte_budget_holds_under_load(small_server) -> None:
+    stop = threading.Event()
+    seen: list[tuple[float, float]] = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            text = metrics_text(small_server.metrics_url)
+            seen.append((metric(text, "sam2_session_bytes"), metric(text, "sam2_session_images")))
+            time.sleep(0.05)
+
+    def work(seed: int) -> int:
+        with SAM2Client(small_server.grpc_url, embedding_cache_bytes=0, timeout_s=T) as client:
+            remote = client.encode(picture(seed))
+            for _ in range(2):
+                client.decode(remote, PROMPTS[0])
+        return seed
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            assert sorted(pool.map(work, range(20, 26))) == list(range(20, 26))
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen and max(b for b, _ in seen) <= SMALL_BUDGET
+    assert max(n for _, n in seen) <= 2
+    text = metrics_text(small_server.metrics_url)
+    assert metric(text, "sam2_session_bytes") <= SMALL_BUDGET
+    assert metric(text, "sam2_session_evictions_total") >= 4
