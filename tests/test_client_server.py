@@ -674,3 +674,16 @@ def test_bad_inputs_rejected_and_nothing_sent(triton_server, ref, protocol):
                 pytest.fail(f"{name}: accepted")
         time.sleep(0.3)
         assert (seen.delta(ENC), seen.delta(DEC)) == (0, 0), "a bad input reached Triton"
+
+
+def test_async_client_survives_a_new_event_loop(triton_server) -> None:
+    """One AsyncSAM2Client used from two asyncio.run calls (a new loop each time)."""
+    client = AsyncSAM2Client(triton_server.grpc_url, "grpc", use_sessions=False, timeout_s=600)
+    image = np.full((64, 96, 3), 120, np.uint8)
+
+    async def once() -> tuple[int, int]:
+        emb = await client.encode(image)
+        return emb.orig_hw
+
+    assert asyncio.run(once()) == (64, 96)
+    assert asyncio.run(once()) == (64, 96)  # used to fail: "Event loop is closed"

@@ -83,16 +83,21 @@ class AsyncSAM2Client:
         self._mod = _triton_module(self.config.protocol, aio=True)
         self._core = SAM2Core(self.config, self._mod)
         self._triton: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # --- execution ------------------------------------------------------------------------
     def _client(self) -> Any:
         if self._closed:
             raise RuntimeError("the AsyncSAM2Client is closed")
-        if self._triton is None:
+        loop = asyncio.get_running_loop()
+        if self._triton is None or self._loop is not loop:
+            # tritonclient's aio clients are bound to the loop they were made in; a client used
+            # from a new loop (e.g. a second asyncio.run) gets a fresh connection.
             self._triton = self._mod.InferenceServerClient(
                 **triton_client_kwargs(self.config, aio=True)
             )
+            self._loop = loop
         return self._triton
 
     async def _execute(self, step: Call | Sleep) -> Any:
