@@ -16,6 +16,7 @@ Start-up failures on a missing or corrupt ONNX file are covered by ``test_triton
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -83,6 +84,15 @@ def _shm_regions(pid: int) -> set[Path]:
             continue
         regions |= {Path(line.split()[-1]) for line in maps.splitlines() if " /dev/shm/" in line}
     return regions
+
+
+def _error_of(call, *args, **kwargs) -> str | SAM2TritonError:
+    """The SAM2TritonError ``call`` raises, as its type and message only (a kept exception
+    would keep its traceback's frames alive); the result if it raises nothing."""
+    try:
+        return repr(call(*args, **kwargs))
+    except SAM2TritonError as exc:
+        return type(exc)(str(exc))
 
 
 def _kill(server: LocalTritonServer) -> None:
@@ -237,10 +247,7 @@ def test_server_killed_and_restarted_under_a_client(exported_repo: Path) -> None
         inflight: dict[str, object] = {}
 
         def encode(name: str, seed: int) -> None:
-            try:
-                inflight[name] = clients[name].encode(_image(seed))
-            except SAM2TritonError as exc:
-                inflight[name] = exc
+            inflight[name] = _error_of(clients[name].encode, _image(seed))
 
         threads = [threading.Thread(target=encode, args=("grpc", 3)),
                    threading.Thread(target=encode, args=("http", 4))]
@@ -255,12 +262,23 @@ def test_server_killed_and_restarted_under_a_client(exported_repo: Path) -> None
             assert isinstance(outcome, ServerUnavailableError), (name, outcome)
             assert "server unavailable" in str(outcome)
 
-        # while it is down: the typed error at once, also for readiness
-        for k, client in clients.items():
-            with pytest.raises(ServerUnavailableError):
-                client.decode(emb[k], PROMPTS)
-            with pytest.raises(ServerUnavailableError, match="not ready after"):
-                client.wait_until_ready(timeout_s=0.5)
+        # while it is down: the typed error at once, also for readiness; and failed requests
+        # release their tensors at once (no reference cycle left for the cyclic GC)
+        gc.collect()
+        gc.disable()
+        try:
+            errors = []
+            for k, client in clients.items():
+                for _ in range(3):
+                    errors.append(_error_of(client.decode, emb[k], PROMPTS))
+                errors.append(_error_of(client.wait_until_ready, timeout_s=0.5))
+            held = [type(o).__module__ for o in gc.get_objects()
+                    if type(o).__name__ == "InferInput"]
+        finally:
+            gc.enable()
+        assert not held, f"{len(held)} request tensors kept alive by failed requests"
+        assert all(isinstance(e, ServerUnavailableError) for e in errors), errors
+        assert "not ready after" in str(errors[-1])
 
         # a client that opted in to retries keeps trying through the restart
         retried: dict[str, object] = {}
@@ -290,6 +308,39 @@ def test_server_killed_and_restarted_under_a_client(exported_repo: Path) -> None
         for client in clients.values():
             client.close()
         server.stop()
+
+
+def test_which_errors_are_retried() -> None:
+    """Transient server-side refusals are retried (opt-in); a client deadline is not, because
+    the server may still be computing; invalid requests and access denials never are."""
+    from tritonclient.utils import InferenceServerException
+
+    from sam2_triton._core import Call, Compute, map_transport_error
+
+    with SAM2Client("127.0.0.1:1", "grpc", retries=2) as client:
+        core = client._core
+        infer = Call("infer", {}, "sam2_encoder")
+
+        def delay(msg: str, status: str, step=infer, attempt: int = 0):
+            error = map_transport_error(InferenceServerException(msg, status), "sam2_encoder")
+            return type(error).__name__, core.retry_delay(error, step, attempt)
+
+        queue_full = ("Exceeds maximum queue size", "StatusCode.UNAVAILABLE")
+        assert delay(*queue_full)[0] == "ServerBusyError" and delay(*queue_full)[1] > 0
+        assert delay("Request timeout expired", "400")[1] > 0  # the server's queue timeout
+        assert delay("Socket closed", "StatusCode.UNAVAILABLE")[1] > 0
+        assert delay("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED") == (
+            "RequestTimeoutError", None)
+        assert delay("This protocol is restricted, expecting header "
+                     "'triton-grpc-protocol-admin-key'", "StatusCode.UNAVAILABLE") == (
+            "AccessDeniedError", None)
+        assert delay("unexpected shape for input 'image'", "StatusCode.INVALID_ARGUMENT") == (
+            "InferenceError", None)
+        assert delay(*queue_full, attempt=2)[1] is None  # retries used up
+        assert delay(*queue_full, step=Call("is_server_ready"))[1] is None  # polls loop alone
+        assert delay(*queue_full, step=Compute(print))[1] is None
+    with SAM2Client("127.0.0.1:1", "grpc") as client:  # retries are opt-in
+        assert client._core.retry_delay(ServerBusyError("busy"), infer, 0) is None
 
 
 def test_grpc_clients_reconnect_quickly_after_an_outage() -> None:

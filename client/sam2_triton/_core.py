@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -174,6 +175,7 @@ def map_transport_error(exc: BaseException, model: str | None = None) -> SAM2Tri
 
 # Opt-in retries (``retries``): transient errors only, idempotent calls only.
 _RETRYABLE = (ServerBusyError, ServerUnavailableError)
+_SERVER_QUEUE_TIMEOUT = "request timeout expired"  # Triton's queue policy, not a client deadline
 _RETRY_METHODS = frozenset(
     {
         "infer",
@@ -183,6 +185,11 @@ _RETRY_METHODS = frozenset(
         "unregister_system_shared_memory",
     }
 )
+
+
+def _server_queue_timeout(error: BaseException) -> bool:
+    """A request Triton dropped from a model's queue after its queue timeout (never executed)."""
+    return isinstance(error, RequestTimeoutError) and _SERVER_QUEUE_TIMEOUT in str(error).lower()
 
 
 # --- the core ----------------------------------------------------------------------------------
@@ -232,6 +239,11 @@ class SAM2Core:
         if isinstance(mapped, (InferenceError, ModelNotReadyError)):
             self.forget_models()  # the repository may have changed: rediscover dtypes
         logger.debug("%s -> %s", type(exc).__name__, type(mapped).__name__)
+        # Transports keep their exception in a local of a frame on its own traceback (gevent's
+        # connect does): a cycle that holds every finished frame below the driver, with the
+        # request tensors, until the cyclic GC runs. Clearing those frames' locals breaks it;
+        # the traceback (files, lines) stays readable as ``mapped.__cause__``.
+        traceback.clear_frames(exc.__traceback__)
         return mapped
 
     def forget_models(self) -> None:
@@ -244,16 +256,18 @@ class SAM2Core:
 
         Only with ``config.retries > 0`` (opt-in), only for transient errors (``ServerBusyError``:
         the server's queue was full; ``ServerUnavailableError``: refused/reset, e.g. during a
-        restart) and only for idempotent calls (inference, metadata, shared-memory
-        registration; readiness polls loop on their own). ``attempt`` is the number of retries
-        already made. The delay doubles from ``retry_backoff_s`` up to ``MAX_RETRY_BACKOFF_S``,
+        restart; a ``RequestTimeoutError`` from the server's *queue* timeout, "Request timeout
+        expired": the request waited too long and never ran, unlike the client's own deadline,
+        after which the server may still be computing) and only for idempotent calls
+        (inference, metadata, shared-memory registration; readiness polls loop on their own).
+        ``attempt`` is the number of retries already made. The delay doubles from ``retry_backoff_s`` up to ``MAX_RETRY_BACKOFF_S``,
         times a random factor in [0.5, 1] so that concurrent clients do not retry in lockstep.
         """
         if (
             attempt >= self.config.retries
             or not isinstance(step, Call)
             or step.method not in _RETRY_METHODS
-            or not isinstance(error, _RETRYABLE)
+            or not (isinstance(error, _RETRYABLE) or _server_queue_timeout(error))
         ):
             return None
         base = min(MAX_RETRY_BACKOFF_S, self.config.retry_backoff_s * 2.0**attempt)
@@ -698,6 +712,12 @@ def run_sync(core: SAM2Core, flow: Flow[T], execute: Callable[[Step], Any]) -> T
             step = flow.send(reply) if error is None else flow.throw(error)
         except StopIteration as stop:
             return stop.value
+        except BaseException:
+            # The error leaves through this frame, whose traceback would keep ``error`` and so
+            # itself alive in a reference cycle, with the request buffers (17 MB) it refers
+            # to, until the cyclic GC runs: under a burst of failures memory grew by GBs.
+            error = None
+            raise
         attempt = 0
         while True:
             reply, error = None, None
@@ -721,6 +741,12 @@ async def run_async(core: SAM2Core, flow: Flow[T], execute: Callable[[Step], Awa
             step = flow.send(reply) if error is None else flow.throw(error)
         except StopIteration as stop:
             return stop.value
+        except BaseException:
+            # The error leaves through this frame, whose traceback would keep ``error`` and so
+            # itself alive in a reference cycle, with the request buffers (17 MB) it refers
+            # to, until the cyclic GC runs: under a burst of failures memory grew by GBs.
+            error = None
+            raise
         attempt = 0
         while True:
             reply, error = None, None

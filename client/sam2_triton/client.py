@@ -99,11 +99,13 @@ class SAM2Client:
         use_shared_memory: pass the features to the decoder in system shared memory (client and
             server on the same host only). CUDA shared memory is not available in this build.
         retries: how often to re-send a request that failed with ``ServerBusyError`` (the
-            server's queue was full) or ``ServerUnavailableError`` (refused or reset, e.g. while
-            the server restarts); 0 (default) raises at once. Only idempotent calls are retried
-            (inference, metadata, shared-memory registration). Each retry waits
-            ``retry_backoff_s`` doubled per attempt (capped at 10 s), times a random factor in
-            [0.5, 1]; ``timeout_s`` applies to each attempt, not to the total.
+            server's queue was full), ``ServerUnavailableError`` (refused or reset, e.g. while
+            the server restarts) or the server's queue timeout (``RequestTimeoutError``
+            "Request timeout expired": it never ran); 0 (default) raises at once. The client's
+            own ``timeout_s`` is never retried (the server may still be computing). Only
+            idempotent calls are retried (inference, metadata, shared-memory registration).
+            Each retry waits ``retry_backoff_s`` doubled per attempt (capped at 10 s), times a
+            random factor in [0.5, 1]; ``timeout_s`` applies to each attempt, not the total.
         retry_backoff_s: the first retry's delay in seconds (default 0.25).
         use_sessions: keep image features on the server (``sam2_session``): ``encode`` uploads
             the image once and returns a ``RemoteEmbedding``; each click then sends only its id
