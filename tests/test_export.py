@@ -224,6 +224,34 @@ def test_interrupted_export_keeps_previous_models(repo_copy: Path) -> None:
     assert not list(repo_copy.parent.glob(".model_repository.staging-*"))
 
 
+def test_only_staging_left_by_dead_exports_is_removed(tmp_path: Path) -> None:
+    """A killed export (SIGKILL, OOM) leaves its staging directory; the next export removes it,
+    but never one whose export still runs, one from another host, or one it cannot attribute."""
+    import socket
+
+    from sam2_triton_export import install
+
+    repo = tmp_path / "model_repository"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    owners = {"dead": f"{socket.gethostname()} {dead}", "alive": f"{socket.gethostname()} {os.getpid()}",
+              "elsewhere": f"another-host {dead}", "garbled": "???", "unowned": None}
+    for name, owner in owners.items():
+        path = tmp_path / f".model_repository.staging-{name}"
+        path.mkdir()
+        (path / "model.onnx").write_bytes(b"half")
+        if owner is not None:
+            (path / install.OWNER_FILE).write_text(owner)
+    with install.staging_dir(repo) as staged:
+        assert (staged / install.OWNER_FILE).read_text().split() == [socket.gethostname(),
+                                                                    str(os.getpid())]
+        left = sorted(p.name.rsplit("-", 1)[1] for p in tmp_path.glob(".model_repository.staging-*"))
+        assert staged.name.rsplit("-", 1)[1] in left
+        left.remove(staged.name.rsplit("-", 1)[1])
+        assert left == ["alive", "elsewhere", "garbled", "unowned"]
+    assert not staged.exists()
+
+
 # --- checkpoints -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_state_dict(sam2_model) -> dict:

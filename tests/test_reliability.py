@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from sam2_triton.errors import (
     ServerBusyError,
     ServerUnavailableError,
 )
+from sam2_triton_export import install
 from sam2_triton_serve import repository
 from sam2_triton_serve.launcher import LocalTritonServer
 from sam2_triton_serve.loadtest import (
@@ -452,9 +452,11 @@ def test_export_killed_half_way_leaves_the_repository_serving(repo_copy: Path) -
             # the running server never noticed
             assert prediction_digest(client.decode(emb, PROMPTS)) == ref
     assert _snapshot(repo_copy) == before
-    # SIGKILL cannot clean up: the staging directory stays beside (not inside) the repository
-    for path in staging:
-        shutil.rmtree(path)
+    # SIGKILL cannot clean up: the staging directory stays beside (not inside) the repository,
+    # until the next export on this host finds its process gone and removes it
+    assert all(path.is_dir() for path in staging)
+    assert install.remove_stale_staging(repo_copy) == staging
+    assert not any(path.exists() for path in staging)
     with LocalTritonServer(repo_copy, http_port=0, grpc_port=0, metrics_port=0) as server:
         with SAM2Client(server.grpc_url, "grpc", timeout_s=300) as client:
             assert _features(client, client.encode(image)) == features

@@ -10,21 +10,68 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
+
+OWNER_FILE = ".owner"  # "<hostname> <pid>" of the export writing into a staging directory
+
+
+def _staging_prefix(repo: Path) -> str:
+    return f".{repo.name}.staging-"
+
+
+def _is_stale(path: Path) -> bool:
+    """Whether ``path`` was left by an export on this host whose process is gone (SIGKILL, OOM
+    kill, power loss: no ``finally`` ran). Unknown owners are never judged stale."""
+    try:
+        host, pid_text = (path / OWNER_FILE).read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale_staging(repository: str | os.PathLike[str]) -> list[Path]:
+    """Delete the staging directories beside ``repository`` left by dead exports; returns them."""
+    repo = Path(repository).resolve()
+    removed = []
+    for path in sorted(repo.parent.glob(_staging_prefix(repo) + "*")):
+        if path.is_dir() and not path.is_symlink() and _is_stale(path):
+            shutil.rmtree(path, ignore_errors=True)
+            logger.warning("removed %s, left by an export that was killed", path)
+            removed.append(path)
+    return removed
+
 
 @contextlib.contextmanager
 def staging_dir(repository: str | os.PathLike[str]) -> Iterator[Path]:
-    """A fresh directory beside ``repository`` (not inside: Triton would see it as a model)."""
+    """A fresh directory beside ``repository`` (not inside: Triton would see it as a model).
+
+    Staging directories of earlier exports on this host that were killed are removed first.
+    """
     repo = Path(repository).resolve()
     repo.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{repo.name}.staging-", dir=repo.parent))
+    remove_stale_staging(repo)
+    path = Path(tempfile.mkdtemp(prefix=_staging_prefix(repo), dir=repo.parent))
     try:
+        (path / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
