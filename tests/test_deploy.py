@@ -317,6 +317,7 @@ def test_triton_runs_as_non_root(rendered, triton_service):
     assert str(triton_service["user"]) == "1000:1000"
     assert not triton_service.get("privileged", False)
     assert "ALL" in triton_service.get("cap_drop", [])
+    assert "no-new-privileges:true" in triton_service.get("security_opt", [])
     # the init job makes the fresh (root-owned) volume writable for uid/gid 1000 first
     init = rendered["services"]["engine-cache-init"]
     assert "chown -R 1000:1000 /engine_cache" in " ".join(init["command"])

@@ -15,6 +15,7 @@ Start-up failures on a missing or corrupt ONNX file are covered by ``test_triton
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import hashlib
@@ -45,6 +46,7 @@ from sam2_triton_serve import repository
 from sam2_triton_serve.launcher import LocalTritonServer
 from sam2_triton_serve.loadtest import (
     LoadOptions,
+    check_loopback,
     embedding_digest,
     prediction_digest,
     process_tree,
@@ -138,6 +140,29 @@ def test_load_full(exported_repo: Path, tmp_path: Path) -> None:
     out = Path(os.environ.get("SAM2_TRITON_LOADTEST_JSON", tmp_path / "loadtest.json"))
     out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     _check_load(report)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grpc-url", "192.0.2.1:8001"], "only targets loopback servers"),
+    (["--http-url", "http://192.0.2.1:8000"], "only targets loopback servers"),
+    (["--grpc-url", "localhost"], "expected host:port"),
+    (["--clients", "0"], "clients"),
+    (["--encode-fraction", "1.5"], "encode_fraction"),
+])
+def test_loadtest_refuses_remote_servers_and_bad_options(argv: list[str], message: str,
+                                                          capsys) -> None:
+    """Nothing is started or sent: exit status 2 and the reason."""
+    from sam2_triton_serve import loadtest
+
+    parser = argparse.ArgumentParser()
+    loadtest.add_arguments(parser)
+    assert loadtest.run(parser.parse_args(argv)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_loopback_check_accepts_local_addresses() -> None:
+    for url in ("127.0.0.1:8001", "http://localhost:8000", "127.0.0.2:1"):
+        assert check_loopback(url) == url
 
 
 # --- a full queue ------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ reference server (same repository, response cache off). Pass criteria, all check
   second (see ``LoadReport``);
 - the server itself counted no failed inference (its ``nv_inference_request_failure``).
 
-``ServerBusyError`` (a full queue) and ``ServerUnavailableError`` are retried by the clients
-when ``--retries`` > 0; the retries are counted in the report. The command stops by itself:
+``ServerBusyError`` (a full queue), ``ServerUnavailableError`` and the server's queue timeout
+are retried by the clients when ``--retries`` > 0; the retries are counted in the report, by
+error type. The command stops by itself:
 requests not sent within ``--max-duration`` count as lost.
 
 By default the command starts its own servers on free loopback ports of ``--model-repository``.
@@ -451,7 +452,7 @@ def reference_digests(work: _Workload, grpc_url: str, timeout_s: float) -> dict[
 
 
 class _RetryCounter(logging.Handler):
-    """Counts the client's retry log lines (``sam2_triton._core``)."""
+    """Counts the client's retry log lines (``sam2_triton._core``) by the error retried."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -459,9 +460,8 @@ class _RetryCounter(logging.Handler):
         self._lock2 = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if "; retry " in msg:
-            kind = "busy" if "server busy" in msg else "other"
+        if "; retry " in str(record.msg) and record.args:
+            kind = type(record.args[0]).__name__  # ServerBusyError, RequestTimeoutError, ...
             with self._lock2:
                 self.counts[kind] += 1
 
@@ -524,8 +524,8 @@ class LoadReport:
         for kind, s in self.latency_s.items():
             lines.append(f"    latency {kind:7s} n={int(s['n']):5d}  p50 {s['p50']:.3f} s  "
                          f"p99 {s['p99']:.3f} s  max {s['max']:.3f} s")
-        lines.append(f"  retries after ServerBusyError: {self.retries.get('busy', 0)}, other "
-                     f"retries: {self.retries.get('other', 0)}; client cache {self.client_cache}")
+        retried = ", ".join(f"{n} after {k}" for k, n in sorted(self.retries.items()))
+        lines.append(f"  client retries: {retried or 'none'}; client cache {self.client_cache}")
         for key, stages in self.memory_mb.items():
             text = ", ".join(f"{k} {'?' if v is None else f'{v:.0f}'}" for k, v in stages.items())
             lines.append(f"  {key} MB: {text}")
@@ -800,7 +800,8 @@ def run_against(
             report.problems.append(
                 f"{key} kept growing after warm-up: {first:.0f} MB -> {second:.0f} MB "
                 f"(limit {limit:g} MB)")
-    # Rejections of a full queue are retried by the clients; any other failure counts.
+    # Rejections (a full queue, the queue timeout) are retried by the clients; any other
+    # failure counts.
     real = {k: v for k, v in report.server_failures.items() if v and "REJECTED" not in k}
     if real:
         report.problems.append(f"the server counted failed inferences: {real}")
@@ -859,23 +860,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-url", default=None,
                         help="use this running server (loopback only) instead of starting one")
     parser.add_argument("--http-url", default=None, help="its HTTP endpoint (loopback only)")
-    parser.add_argument("--clients", type=int, default=d.clients)
-    parser.add_argument("--requests", type=int, default=d.requests, help="requests per client")
+    parser.add_argument("--clients", type=int, default=d.clients,
+                        help="concurrent clients, one thread each, every client kind in turn "
+                             "(default %(default)s)")
+    parser.add_argument("--requests", type=int, default=d.requests,
+                        help="requests per client (default %(default)s)")
     parser.add_argument("--images", type=int, default=d.images, help="distinct images")
     parser.add_argument("--prompt-sets", type=int, default=d.prompt_sets,
                         help="distinct prompt sets (1-16 prompts) per image")
     parser.add_argument("--max-prompts", type=int, default=d.max_prompts,
                         help="most prompts per decode call (default 16)")
-    parser.add_argument("--encode-fraction", type=float, default=d.encode_fraction)
+    parser.add_argument("--encode-fraction", type=float, default=d.encode_fraction,
+                        help="share of requests that encode an image (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=d.warmup,
                         help="requests per client before the memory baseline")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help="seed of the images and the request mix (default %(default)s)")
     parser.add_argument("--retries", type=int, default=d.retries,
-                        help="client retries after ServerBusyError/ServerUnavailableError")
+                        help="client retries after ServerBusyError, ServerUnavailableError or the "
+                             "server's queue timeout (default 5)")
     parser.add_argument("--timeout", type=float, default=d.timeout_s, help="per request, s")
     parser.add_argument("--max-duration", type=float, default=d.max_duration_s,
                         help="stop sending after this many seconds (unsent requests count as lost)")
-    parser.add_argument("--max-rss-growth-mb", type=float, default=d.max_rss_growth_mb)
+    parser.add_argument("--max-rss-growth-mb", type=float, default=d.max_rss_growth_mb,
+                        help="allowed growth of the peak resident memory from the first to the "
+                             "second half of the main phase (default %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
 
 
