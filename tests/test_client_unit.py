@@ -401,6 +401,13 @@ def test_error_mapping_keeps_the_server_message():
     )
 
 
+@pytest.mark.parametrize("name, never_ran", [
+    ("grpc queue timeout", True), ("http queue timeout", True), ("grpc deadline", False),
+    ("http 504", False), ("TimeoutError", False), ("asyncio timeout", False)])
+def test_only_the_servers_queue_timeout_never_ran(name: str, never_ran: bool):
+    assert map_transport_error(ERROR_TABLE[name][0]).never_ran is never_ran
+
+
 def test_unrelated_errors_are_not_mapped():
     assert map_transport_error(ValueError("bug")) is None
     assert map_transport_error(KeyError("bug")) is None

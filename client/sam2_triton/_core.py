@@ -98,7 +98,8 @@ Flow = Generator[Step, Any, T]
 
 # --- error mapping -----------------------------------------------------------------------------
 _BUSY = ("exceeds maximum queue size", "queue is full", "too many requests")
-_TIMEOUT = ("request timeout expired", "deadline exceeded")
+_QUEUE_TIMEOUT = "request timeout expired"  # Triton's queue policy: the request never ran
+_TIMEOUT = (_QUEUE_TIMEOUT, "deadline exceeded")
 _RESTRICTED = ("is restricted, expecting header",)
 _FORBIDDEN = ("403", "StatusCode.PERMISSION_DENIED")
 _NOT_READY = (
@@ -151,6 +152,7 @@ def map_transport_error(exc: BaseException, model: str | None = None) -> SAM2Tri
             s in low for s in _TIMEOUT
         ):
             mapped = RequestTimeoutError(f"{what}request timed out: {msg}")
+            mapped.never_ran = _QUEUE_TIMEOUT in low
         elif any(s in low for s in _NOT_READY) or status == "StatusCode.NOT_FOUND":
             mapped = ModelNotReadyError(f"{what}{msg}")
         elif status in ("StatusCode.UNAVAILABLE", "502", "503") or any(
@@ -175,7 +177,6 @@ def map_transport_error(exc: BaseException, model: str | None = None) -> SAM2Tri
 
 # Opt-in retries (``retries``): transient errors only, idempotent calls only.
 _RETRYABLE = (ServerBusyError, ServerUnavailableError)
-_SERVER_QUEUE_TIMEOUT = "request timeout expired"  # Triton's queue policy, not a client deadline
 _RETRY_METHODS = frozenset(
     {
         "infer",
@@ -185,11 +186,6 @@ _RETRY_METHODS = frozenset(
         "unregister_system_shared_memory",
     }
 )
-
-
-def _server_queue_timeout(error: BaseException) -> bool:
-    """A request Triton dropped from a model's queue after its queue timeout (never executed)."""
-    return isinstance(error, RequestTimeoutError) and _SERVER_QUEUE_TIMEOUT in str(error).lower()
 
 
 # --- the core ----------------------------------------------------------------------------------
@@ -267,7 +263,10 @@ class SAM2Core:
             attempt >= self.config.retries
             or not isinstance(step, Call)
             or step.method not in _RETRY_METHODS
-            or not (isinstance(error, _RETRYABLE) or _server_queue_timeout(error))
+            or not (
+                isinstance(error, _RETRYABLE)
+                or (isinstance(error, RequestTimeoutError) and error.never_ran)
+            )
         ):
             return None
         base = min(MAX_RETRY_BACKOFF_S, self.config.retry_backoff_s * 2.0**attempt)
@@ -742,10 +741,7 @@ async def run_async(core: SAM2Core, flow: Flow[T], execute: Callable[[Step], Awa
         except StopIteration as stop:
             return stop.value
         except BaseException:
-            # The error leaves through this frame, whose traceback would keep ``error`` and so
-            # itself alive in a reference cycle, with the request buffers (17 MB) it refers
-            # to, until the cyclic GC runs: under a burst of failures memory grew by GBs.
-            error = None
+            error = None  # no reference cycle through this frame (see run_sync)
             raise
         attempt = 0
         while True:

@@ -42,7 +42,14 @@ class ServerBusyError(ServerError):
 
 
 class RequestTimeoutError(ServerError, TimeoutError):
-    """The request did not complete within the client's or the server's timeout."""
+    """The request did not complete within the client's or the server's timeout.
+
+    ``never_ran`` is True when the server dropped the request from a model's queue after its
+    queue timeout ("Request timeout expired"): it was never executed, so sending it again is
+    safe. After the client's own deadline it is False: the server may still be computing.
+    """
+
+    never_ran: bool = False
 
 
 class InferenceError(ServerError):
