@@ -12,6 +12,9 @@ $PIP install -q --upgrade "pip>=24" "setuptools>=68" wheel
 $PIP install -q "torch==2.14.1" "torchvision==0.29.1" "numpy>=1.24,<2"
 # SAM2_BUILD_CUDA=0: the optional CUDA extension only serves max_hole_area/max_sprinkle_area (0 by default).
 SAM2_BUILD_CUDA=0 $PIP install -q --no-build-isolation "sam2==1.1.0"
-$PIP install -q --no-build-isolation -e ".[dev]"
+# The three layers, editable: the SDK (client/), the server-side models (server/) and the rest
+# (export, local Triton, CLI, bench, tests). One pip call, so the root's requirements on the
+# first two are met by these checkouts, never by an index.
+$PIP install -q --no-build-isolation -e ./client -e ./server -e ".[dev]"
 $PIP check
 echo "Installed into $VENV. Activate with: source $VENV/bin/activate"

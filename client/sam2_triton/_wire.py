@@ -7,7 +7,6 @@ share one API, so sync and async clients build byte-identical requests.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import uuid
@@ -94,12 +93,7 @@ def load_image01(image: object) -> np.ndarray:
     return image01
 
 
-def to_wire_image(image01: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Resize to ``3x1024x1024`` and convert to the encoder's input dtype (uint8: round(x*255))."""
-    resized = transforms.resize_to_model(image01, size=spec.IMAGE_SIZE)
-    if dtype == np.uint8:
-        return np.clip(np.round(resized * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(resized, dtype=dtype)
+to_wire_image = transforms.to_wire_image
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -280,12 +274,7 @@ def parse_session_info(meta: Mapping[str, Any], model: str) -> SessionInfo:
     return SessionInfo(image)
 
 
-def session_image_id(wire: np.ndarray, orig_hw: tuple[int, int]) -> str:
-    """The session id of an encoder input ``[3, 1024, 1024]`` (see ``spec.SESSION_ID_SALT``)."""
-    digest = hashlib.new(spec.SESSION_ID_HASH, spec.SESSION_ID_SALT)
-    digest.update(memoryview(np.ascontiguousarray(wire)).cast("B"))
-    digest.update(np.asarray(orig_hw, dtype="<i4").tobytes())
-    return digest.hexdigest()
+session_image_id = spec.session_image_id
 
 
 def _bytes_input(mod: ModuleType, name: str, values: Sequence[str]) -> Any:

@@ -8,7 +8,10 @@ batch dimension ``B`` (Triton's ``max_batch_size`` > 0), decoder shapes are full
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+
+import numpy as np
 
 ENCODER_MODEL = "sam2_encoder"
 DECODER_MODEL = "sam2_decoder"
@@ -144,6 +147,25 @@ SESSION_UNKNOWN_IMAGE = "unknown image id"
 SESSION_ROUTING_HEADER = "x-sam2-image-id"
 SESSION_MAX_PIXELS = 64_000_000  # largest orig_hw H * W accepted (the client's MAX_IMAGE_PIXELS)
 
+# "decode" may also carry multimask_output BOOL [1]: the session model then selects the mask
+# tokens the call returns with ``transforms.select_masks`` (tokens 1..3, or one token by SAM 2's
+# stability rule) and answers only those: low_res_masks [N, C, 256, 256] and iou_predictions
+# [N, C] with C = 3 or 1 (absent: all four tokens, as the decoder gives them).
+SESSION_MULTIMASK = "multimask_output"
+
+
+def session_image_id(image: np.ndarray, orig_hw: tuple[int, int]) -> str:
+    """The session id of one encoder input ``image`` ``[3, 1024, 1024]`` (any wire dtype).
+
+    ``SESSION_ID_HASH`` over ``SESSION_ID_SALT``, the tensor's C-order bytes and ``orig_hw`` as
+    two little-endian int32: 64 lowercase hex characters. Client and server compute it alike.
+    """
+    digest = hashlib.new(SESSION_ID_HASH, SESSION_ID_SALT)
+    digest.update(memoryview(np.ascontiguousarray(image)).cast("B"))
+    digest.update(np.asarray(orig_hw, dtype="<i4").tobytes())
+    return digest.hexdigest()
+
+
 # --- one-shot segmentation over plain REST ---------------------------------------------------
 # ``sam2_segment`` (python backend): one request, one image, masks at the image's own size.
 #   input  "image"   BYTES [1]: an encoded PNG/JPEG (any format Pillow reads), raw bytes or its
@@ -177,6 +199,7 @@ def session_inputs(
         TensorSpec(POINT_LABELS, "int32", (-1, -1)),
         TensorSpec(MASK_INPUT, "float32", (-1, 1, LOW_RES_SIZE, LOW_RES_SIZE)),
         TensorSpec(HAS_MASK_INPUT, "float32", (-1,)),
+        TensorSpec(SESSION_MULTIMASK, "bool", (1,)),
     )
 
 
@@ -187,7 +210,10 @@ def session_outputs(feature_dtype: str = "float32") -> tuple[TensorSpec, ...]:
         TensorSpec(SESSION_IMAGE_ID, "object", (-1,)),
         TensorSpec(SESSION_ORIG_HW, "int32", (-1, 2)),
         TensorSpec(FINGERPRINT, "int32", (-1, FINGERPRINT_LEN)),
-        *decoder_outputs()[:3],
+        # C = 4 (all tokens), 3 or 1 (tokens selected by multimask_output)
+        TensorSpec(LOW_RES_MASKS, "float32", (-1, -1, LOW_RES_SIZE, LOW_RES_SIZE)),
+        TensorSpec(IOU_PREDICTIONS, "float32", (-1, -1)),
+        TensorSpec(OBJECT_SCORE_LOGITS, "float32", (-1, 1)),
         *feats,
     )
 

@@ -37,6 +37,7 @@ __all__ = [
     "preprocess",
     "resize_to_model",
     "select_masks",
+    "to_wire_image",
     "transform_boxes",
     "transform_coords",
     "upsample_masks",
@@ -164,6 +165,22 @@ def resize_to_model(image01: np.ndarray, size: int = spec.IMAGE_SIZE) -> np.ndar
         band = Image.fromarray(np.ascontiguousarray(image01[:, :, c]))  # mode "F"
         out[c] = np.asarray(band.resize((size, size), Image.Resampling.BILINEAR))
     return out
+
+
+def to_wire_image(image01: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """The encoder's input for one image: ``[3, 1024, 1024]`` in the encoder's input ``dtype``.
+
+    :func:`resize_to_model` of ``RGB01``, then float32 as is, float16 by a cast, or uint8 as
+    ``round(x * 255)`` (the export's ``--image-dtype``). Clients and server-side models build
+    the image tensor with this one function, so an image has one id (``spec.session_image_id``).
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint8)):
+        raise InvalidInputError(f"dtype must be float32, float16 or uint8, got {dtype}")
+    resized = resize_to_model(image01, size=spec.IMAGE_SIZE)
+    if dtype == np.uint8:
+        return np.clip(np.round(resized * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(resized, dtype=dtype)
 
 
 def preprocess(image: ImageSource) -> tuple[np.ndarray, tuple[int, int]]:

@@ -53,7 +53,7 @@ ORT_TRT_ACCELERATOR_KEYS = frozenset(
     }
 )
 
-_DTYPES = {"float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "uint8": mc.TYPE_UINT8,
+_DTYPES = {"bool": mc.TYPE_BOOL, "float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "uint8": mc.TYPE_UINT8,
            "int32": mc.TYPE_INT32, "object": mc.TYPE_STRING}
 
 

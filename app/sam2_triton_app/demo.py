@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from sam2_triton import Prompt
+from sam2_triton.samples import sample_image
 
 from . import visualize
-from .types import Prompt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,23 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segment this image instead of the generated sample")
     parser.add_argument("--reexport", action="store_true",
                         help="export even if the repository already holds these weights")
-
-
-def sample_image(h: int = 600, w: int = 800) -> np.ndarray:
-    """A generated RGB uint8 ``[h, w, 3]`` scene: sky, ground, a house, a sun, a tree."""
-    img = Image.new("RGB", (w, h), (135, 190, 235))
-    d = ImageDraw.Draw(img)
-    d.rectangle([0, int(h * 0.65), w, h], fill=(90, 150, 70))
-    d.ellipse([int(w * 0.75), int(h * 0.08), int(w * 0.9), int(h * 0.28)], fill=(250, 210, 60))
-    d.rectangle([int(w * 0.2), int(h * 0.4), int(w * 0.5), int(h * 0.75)], fill=(200, 80, 60))
-    d.polygon([(int(w * 0.17), int(h * 0.4)), (int(w * 0.35), int(h * 0.22)),
-               (int(w * 0.53), int(h * 0.4))], fill=(110, 60, 50))
-    d.rectangle([int(w * 0.31), int(h * 0.58), int(w * 0.39), int(h * 0.75)], fill=(80, 50, 30))
-    d.rectangle([int(w * 0.68), int(h * 0.5), int(w * 0.71), int(h * 0.8)], fill=(100, 70, 40))
-    d.ellipse([int(w * 0.6), int(h * 0.3), int(w * 0.8), int(h * 0.55)], fill=(40, 120, 50))
-    rng = np.random.default_rng(0)
-    arr = np.asarray(img, np.float32) + rng.normal(0, 4, (h, w, 3))
-    return np.clip(arr, 0, 255).astype(np.uint8)
 
 
 def _weights(args: argparse.Namespace) -> list[str]:
@@ -81,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from sam2_triton_export import main as export_main
     from sam2_triton_serve.launcher import LocalTritonServer
 
-    from .client import SAM2Client
-    from .errors import SAM2TritonError
+    from sam2_triton import SAM2Client
+    from sam2_triton.errors import SAM2TritonError
 
     weights = _weights(args)
     random = weights[0] == "--random-weights"
@@ -100,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
               "(--reexport to redo)", flush=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.image is not None:
-        from .transforms import load_image
+        from sam2_triton.transforms import load_image
 
         image = np.round(load_image(args.image) * 255).astype(np.uint8)
     else:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import transforms, visualize
-from .errors import SAM2TritonError
-from .types import Prompt
+from sam2_triton import Prompt, transforms
+from sam2_triton.errors import SAM2TritonError
+
+from . import visualize
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -89,7 +90,7 @@ def _rle(mask: np.ndarray) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Segment ``args.image``; returns the exit code."""
-    from .client import SAM2Client
+    from sam2_triton import SAM2Client
 
     prompts = _prompts(args)
     if not (args.output or args.overlay or args.json):
