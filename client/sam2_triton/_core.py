@@ -29,7 +29,7 @@ from tritonclient.utils import InferenceServerException
 from . import _wire, spec
 from ._cache import EmbeddingCache, image_key
 from ._config import MAX_RETRY_BACKOFF_S, ClientConfig
-from ._validate import plan_decode, validate_prompt, validate_prompts
+from .prompts import plan_decode, validate_prompt, validate_prompts
 from .errors import (
     AccessDeniedError,
     InferenceError,

@@ -19,7 +19,7 @@ import numpy as np
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from . import spec, transforms
-from ._validate import DecodeChunk
+from .prompts import DecodeChunk
 from .errors import EmbeddingMismatchError, InferenceError, InvalidImageError
 from .types import ImageEmbedding, Prediction, RemoteEmbedding
 
