@@ -15,11 +15,10 @@ about 40 ms per prompt.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
-import re
 import socket
 import time
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,13 +49,14 @@ from sam2_triton.transforms import MAX_IMAGE_PIXELS
 from sam2_triton_export.verify import synthetic_image
 
 from .conftest import export_args
+from .triton_helpers import metric, metrics_text
 
 pytestmark = pytest.mark.triton
 
 ENC, DEC = spec.ENCODER_MODEL, spec.DECODER_MODEL
 PROTOCOLS = ("grpc", "http")
 H, W = 96, 128  # the reference picture
-SHM_PREFIX = f"sam2_triton_{os.getpid()}_"  # the client's region names (see _wire.FeatureRegion)
+SHM_PREFIX = f"sam2_triton_{os.getpid()}_"  # the client's region names (see _shm.FeatureRegion)
 
 # Mixed point counts: 1 point (0, 4, 5), 2 points (1: a box, 3: two clicks), 3 points (2: a box
 # and a click): three decoder requests.
@@ -135,14 +135,7 @@ class Requests:
 
 
 def metrics(server) -> str:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
-        return r.read().decode()
-
-
-def metric(text: str, name: str, model: str) -> float:
-    match = re.search(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.M)
-    assert match, f"{name} for {model} not in metrics"
-    return float(match.group(1))
+    return metrics_text(server.metrics_url)
 
 
 def shm_leftovers() -> list[str]:
@@ -333,17 +326,19 @@ def test_concurrent_encodes_are_batched_and_encode_batch_is_one_request(triton_s
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # metrics follow the responses by a moment
         after = metrics(triton_server)
-        count = metric(after, "nv_inference_count", ENC) - metric(before, "nv_inference_count", ENC)
-        exec_count = metric(after, "nv_inference_exec_count", ENC) - metric(
-            before, "nv_inference_exec_count", ENC
+        count = metric(after, "nv_inference_count", model=ENC) - metric(
+            before, "nv_inference_count", model=ENC
+        )
+        exec_count = metric(after, "nv_inference_exec_count", model=ENC) - metric(
+            before, "nv_inference_exec_count", model=ENC
         )
         if count == 3:
             break
         time.sleep(0.1)
     assert count == 3
     assert exec_count < count, f"3 concurrent encodes ran in {exec_count} executions"
-    success = metric(after, "nv_inference_request_success", ENC) - metric(
-        before, "nv_inference_request_success", ENC
+    success = metric(after, "nv_inference_request_success", model=ENC) - metric(
+        before, "nv_inference_request_success", model=ENC
     )
     assert success == 3
 
@@ -435,29 +430,52 @@ def test_130_prompts_in_bounded_requests(triton_server, ref):
 # --- system shared memory --------------------------------------------------------------------------
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_shared_memory_same_results_and_cleaned_up(triton_server, ref, protocol, caplog):
-    """Features in system shared memory: the same results as sending them, and every region
-    unregistered and unlinked after each call (also right after the last response, when
-    Triton may still hold the region for a moment, and after errors)."""
+    """Features in system shared memory: the same results as sending them. One region per
+    embedding, registered by its first click and reused by all later ones; released when the
+    embedding is garbage-collected, beyond the client's limit (LRU), or at close; registered
+    again when the server forgot it."""
     assert shm_leftovers() == []
     with sync_client(url(triton_server, protocol), protocol) as c:
         normal = c.decode(ref.embedding, PROMPTS)
     seen = Requests(triton_server)
     with sync_client(url(triton_server, protocol), protocol, use_shared_memory=True) as c:
         preds = c.decode(ref.embedding, PROMPTS)
-        assert registered_regions(triton_server) == [] and shm_leftovers() == []
-        # a server error after the region was registered: Triton rejects the feature shape
+        first = registered_regions(triton_server)
+        assert len(first) == 1 and len(shm_leftovers()) == 1
+        again = [c.decode(ref.embedding, PROMPTS[0]) for _ in range(8)]  # reuse, no new region
+        assert registered_regions(triton_server) == first and len(shm_leftovers()) == 1
+        # a server error with a registered region: Triton rejects the feature shape
         feats = {n: np.zeros((1, *spec.FEATURE_SHAPES[n]), np.float32) for n in spec.FEATURE_NAMES}
         feats[spec.IMAGE_EMBED] = np.zeros((1, 256, 32, 32), np.float32)
         bad = ImageEmbedding(**feats, orig_hw=(H, W), fingerprint=ref.embedding.fingerprint)
         with pytest.raises(InferenceError, match="image_embed"):
             c.decode(bad, PROMPTS[0])
-        assert registered_regions(triton_server) == [] and shm_leftovers() == []
-        again = [c.decode(ref.embedding, PROMPTS[0]) for _ in range(8)]  # still usable
-        assert registered_regions(triton_server) == [] and shm_leftovers() == []
-    # 3 + 8; Triton refused the bad shape before the model ran (not in the model's statistics)
-    assert seen.settled(DEC, expect=11) == 11
+        assert len(registered_regions(triton_server)) == 2
+        del bad  # released with its embedding: unregistered by the next call
+        gc.collect()
+        again.append(c.decode(ref.embedding, PROMPTS[0]))
+        assert registered_regions(triton_server) == first and len(shm_leftovers()) == 1
+        # more embeddings than the client keeps regions for: the least recently used go
+        copies = [
+            ImageEmbedding(
+                **ref.embedding.features(), orig_hw=(H, W), fingerprint=ref.embedding.fingerprint
+            )
+            for _ in range(5)
+        ]
+        for e in copies:
+            c.decode(e, PROMPTS[0])
+        c.decode(ref.embedding, PROMPTS[0])
+        assert len(registered_regions(triton_server)) <= 4 and len(shm_leftovers()) <= 4
+        # the server forgets every region (as after a restart): registered again, same answer
+        with tritonclient.grpc.InferenceServerClient(triton_server.grpc_url) as g:
+            g.unregister_system_shared_memory()
+        again.append(c.decode(ref.embedding, PROMPTS[0]))
+    assert registered_regions(triton_server) == [] and shm_leftovers() == []  # close releases
+    # 3 + 8 + 1 + 5 + 1 + 1 (+1 re-sent after the server forgot the region); the bad shape was
+    # refused before the model ran (not in the model's statistics)
+    assert seen.settled(DEC, expect=19) == 19
     assert not [r for r in caplog.records if "could not unregister" in r.getMessage()]
-    for got, want in zip([*preds, *again], [*normal, *[ref.alone[0]] * 8]):  # bit-identical
+    for got, want in zip([*preds, *again], [*normal, *[ref.alone[0]] * 10]):  # bit-identical
         np.testing.assert_array_equal(got.masks, want.masks)
         np.testing.assert_array_equal(got.low_res_logits, want.low_res_logits)
         np.testing.assert_array_equal(got.scores, want.scores)

@@ -48,8 +48,8 @@ from sam2_triton import (
     spec,
 )
 from sam2_triton._cache import EmbeddingCache, image_key
-from sam2_triton._core import map_transport_error
-from sam2_triton._validate import WirePrompt, plan_decode, validate_prompt, validate_prompts
+from sam2_triton._errormap import map_transport_error
+from sam2_triton.prompts import WirePrompt, plan_decode, validate_prompt, validate_prompts
 from sam2_triton.predictor import prompts_from_sam2_args
 from sam2_triton.transforms import MAX_IMAGE_PIXELS, load_image
 
@@ -535,7 +535,7 @@ def test_prediction_and_prompt():
 
 # --- sync / async API parity ---------------------------------------------------------------------
 def _public(cls: type) -> dict[str, object]:
-    return {n: m for n, m in vars(cls).items() if not n.startswith("_") or n == "__init__"}
+    return {n: getattr(cls, n) for n in dir(cls) if not n.startswith("_") or n == "__init__"}
 
 
 def test_sync_async_api_parity():
@@ -699,3 +699,17 @@ def test_predictor_state_errors(closed_port):
             pred.set_image_batch((rgb(1),))
         with pytest.raises(InvalidImageError):
             pred.set_image(b"junk")
+
+
+# --- the largest prompt: one constant for the SDK, the server models and the TRT profile ------
+def test_largest_prompt_is_checked_before_sending():
+    hw = (100, 100)
+    n = spec.MAX_CLICKS_PER_PROMPT
+    ok = Prompt(point_coords=np.ones((n, 2)), point_labels=np.ones(n), box=[1, 1, 9, 9])
+    (wire,) = validate_prompts([ok], hw)
+    assert wire.coords.shape == (spec.MAX_PROMPT_POINTS, 2)  # the decoder's largest P
+    big = Prompt(point_coords=np.ones((n + 1, 2)), point_labels=np.ones(n + 1))
+    with pytest.raises(InvalidPromptError, match=f"at most spec.MAX_CLICKS_PER_PROMPT = {n}"):
+        validate_prompts([big], hw)
+    with pytest.raises(InvalidInputError, match="max_prompts_per_request must be 1 to"):
+        SAM2Client(max_prompts_per_request=spec.MAX_PROMPTS_PER_REQUEST + 1)

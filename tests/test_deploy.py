@@ -1,4 +1,5 @@
-"""Checks of the GPU deployment: docker-compose.yml, Prometheus/Grafana files, pixi.toml.
+"""Checks of the GPU deployment: docker-compose.yml, the derived server image
+(docker/Dockerfile, .dockerignore, the wheels it installs), Prometheus/Grafana files, pixi.toml.
 
 No Docker engine or GPU is needed. Compose files are rendered with `docker-compose config`
 (or `docker compose config`), Prometheus files are checked with `promtool`; tests that need a
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -20,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,9 @@ except ModuleNotFoundError:  # Python 3.10: tomllib is 3.11+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+SETUP_MD = ROOT / "SETUP.md"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "sam2-triton.json"
@@ -267,13 +273,15 @@ def test_admin_key_is_never_in_the_file():
     assert len(uses) == 2 and all(u.startswith(":?") for u in uses), uses
 
 
+NGC_IMAGE = re.compile(r"nvcr\.io/nvidia/tritonserver:(\d{2}\.\d{2})-py3(@sha256:[0-9a-f]{64})?")
+
+
 def test_triton_image_is_pinned(rendered):
     images = {name: svc["image"] for name, svc in rendered["services"].items()}
-    assert re.fullmatch(
-        r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3(@sha256:[0-9a-f]{64})?", images["triton"]
-    ), images["triton"]
-    # the init job uses the same (already pulled) image
-    assert images["engine-cache-init"] == images["triton"]
+    # the init job runs the pinned NGC image itself; triton runs the image derived from it
+    assert NGC_IMAGE.fullmatch(images["engine-cache-init"]), images["engine-cache-init"]
+    args = rendered["services"]["triton"]["build"]["args"]
+    assert args["TRITON_IMAGE"] == images["engine-cache-init"]
     for name, image in images.items():
         repo_tag = image.split("@")[0]
         assert ":" in repo_tag.rsplit("/", 1)[-1], f"{name}: image {image} has no tag"
@@ -416,6 +424,339 @@ def test_env_example_documents_every_variable():
     used = set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text()))
     assert used, "compose file uses no variables?"
     assert used <= set(env), f"not in .env.example: {sorted(used - set(env))}"
+
+
+# --------------------------------------------------------------------------------------------
+# the derived server image: docker/Dockerfile, .dockerignore and the wheels it installs
+
+IMAGE_PACKAGES = {"sam2-triton-client", "sam2-triton-server", "pillow", "pycocotools"}
+FORBIDDEN_IN_IMAGE = ("torch", "onnxruntime", "tritonclient", "numpy")  # name prefixes
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order: continuation lines joined, comments dropped."""
+    out, buf = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue  # Docker also drops comment lines inside a continuation
+        if stripped.endswith("\\"):
+            buf += stripped[:-1].rstrip() + " "
+            continue
+        word, _, rest = (buf + stripped).partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    assert not buf, "Dockerfile ends inside a continuation"
+    return out
+
+
+def _dockerfile_args() -> dict[str, str]:
+    """Default values of the ARGs declared before the first FROM (the pinned versions)."""
+    args = {}
+    for word, rest in _dockerfile():
+        if word == "FROM":
+            break
+        if word == "ARG" and "=" in rest:
+            name, value = rest.split("=", 1)
+            args[name.strip()] = value.strip().strip('"')
+    return args
+
+
+def _stages() -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    for word, rest in _dockerfile():
+        if word == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((word, rest))
+    return stages
+
+
+def _pip_commands(kind: str) -> list[list[str]]:
+    """Arguments after `pip <kind>` of every RUN, with the ARG defaults substituted."""
+    args = _dockerfile_args()
+    found = []
+    for word, rest in _dockerfile():
+        if word != "RUN":
+            continue
+        text = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), rest)
+        tokens = shlex.split(text)
+        commands, current = [], []
+        for tok in tokens:
+            if tok in ("&&", "||", ";"):
+                commands.append(current)
+                current = []
+            else:
+                current.append(tok)
+        commands.append(current)
+        for cmd in commands:
+            if "pip" in cmd and cmd[cmd.index("pip") + 1 : cmd.index("pip") + 2] == [kind]:
+                found.append(cmd[cmd.index("pip") + 2 :])
+    return found
+
+
+def _positionals(cmd: list[str], with_value=("--target", "-t", "--wheel-dir", "-w")) -> list[str]:
+    out, skip = [], False
+    for tok in cmd:
+        if skip:
+            skip = False
+        elif tok in with_value:
+            skip = True
+        elif not tok.startswith("-"):
+            out.append(tok)
+    return out
+
+
+def _dist_name(requirement: str) -> str:
+    if requirement.endswith(".whl"):  # a wheel file: its name is the distribution's
+        requirement = Path(requirement).name.split("-", 1)[0]
+    return _req_name(requirement)
+
+
+def test_compose_builds_and_tags_the_derived_image(triton_service):
+    build = triton_service["build"]
+    assert Path(build["context"]).resolve() == ROOT
+    assert (ROOT / build["dockerfile"]).resolve() == DOCKERFILE
+    image = triton_service["image"]
+    version = re.search(
+        r'^version = "([^"]+)"', (ROOT / "server" / "pyproject.toml").read_text(), re.M
+    )
+    release = NGC_IMAGE.fullmatch(build["args"]["TRITON_IMAGE"]).group(1)
+    # <server package version>-<NGC release>: a new base or a new release is a new tag
+    assert image == f"sam2-triton-server:{version.group(1)}-{release}", image
+    assert image in SETUP_MD.read_text(), "SETUP.md does not name the image compose builds"
+
+
+def test_dockerfile_base_is_the_compose_pin():
+    """The one ARG that names the NGC image defaults to the image compose pins (the
+    `x-triton-image` anchor, which compose also passes as that build argument)."""
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())  # anchors resolved, no compose needed
+    pinned = compose["x-triton-image"]
+    assert NGC_IMAGE.fullmatch(pinned), pinned
+    assert _dockerfile_args()["TRITON_IMAGE"] == pinned
+    triton = compose["services"]["triton"]
+    assert triton["build"]["args"]["TRITON_IMAGE"] == pinned
+    assert compose["services"]["engine-cache-init"]["image"] == pinned
+    stages = _stages()
+    assert len(stages) == 2, "expected a builder stage and the final stage"
+    assert stages[-1][0][1] == "${TRITON_IMAGE}"  # the final stage is the pinned NGC image
+    # the builder's Python is the NGC image's (3.12): cp312 wheels and 3.12 byte code
+    assert re.fullmatch(r"python:3\.12\.\d+-slim(-\w+)?", _dockerfile_args()["BUILDER_IMAGE"])
+    assert stages[0][0][1].split()[0] == "${BUILDER_IMAGE}"
+
+
+def test_dockerfile_installs_exactly_the_server_packages():
+    args = _dockerfile_args()
+    (wheel_cmd,) = _pip_commands("wheel")
+    assert "--no-deps" in wheel_cmd
+    assert _positionals(wheel_cmd) == ["./client", "./server"]
+    (install,) = _pip_commands("install")  # one pip install, in the builder stage
+    assert "--no-deps" in install and "--only-binary=:all:" in install
+    assert install[install.index("--target") + 1] == "/opt/sam2-triton"
+    reqs = _positionals(install)
+    assert {_dist_name(r) for r in reqs} == IMAGE_PACKAGES
+    for req in reqs:
+        name = _dist_name(req)
+        assert not name.startswith(FORBIDDEN_IN_IMAGE), f"the image must not install {req}"
+        if req.endswith(".whl"):
+            assert req.startswith("/wheels/"), req  # the wheels built just before
+        else:
+            assert re.fullmatch(r"[\w-]+==\d+(\.\d+)+", req), f"{req} is not pinned with =="
+    pins = {_dist_name(r): r.split("==")[1] for r in reqs if "==" in r}
+    assert pins == {"pillow": args["PILLOW_VERSION"], "pycocotools": args["PYCOCOTOOLS_VERSION"]}
+    # the pins satisfy what sam2-triton-server declares (pillow>=10, pycocotools>=2.0.8)
+    from packaging.requirements import Requirement
+
+    server_reqs = re.search(
+        r"^dependencies = \[(.*?)^\]", (ROOT / "server" / "pyproject.toml").read_text(), re.M | re.S
+    ).group(1)
+    for line in re.findall(r'"([^"]+)"', server_reqs):
+        req = Requirement(line)
+        if req.name in pins:
+            assert req.specifier.contains(pins[req.name]), f"{req} vs {pins[req.name]}"
+    # nothing else installs packages; the final stage only copies the builder's directory
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"\b(apt-get|apt|conda|mamba|uv)\s+install\b", text)
+    final = _stages()[-1]
+    assert ("COPY", "--from=builder /opt/sam2-triton /opt/sam2-triton") in final
+    runs = [rest for word, rest in final if word == "RUN"]
+    assert len(runs) == 1 and "sam2-triton.pth" in runs[0] and "python3 -I" in runs[0]
+    for module in ("sam2_triton_server.segment", "sam2_triton_server.session"):
+        assert module in runs[0], f"the image build does not check that {module} imports"
+
+
+def test_dockerfile_keeps_a_non_root_user():
+    final = _stages()[-1]
+    users = [(i, rest) for i, (word, rest) in enumerate(final) if word == "USER"]
+    assert users, "the final stage sets no USER"
+    last_index, last_user = users[-1]
+    assert last_user.split(":")[0] not in {"root", "0"}, last_user
+    assert last_user in {"1000:1000", "triton-server"}  # the image's own user, as in compose
+    last_run = max(i for i, (word, _) in enumerate(final) if word == "RUN")
+    assert last_index > last_run, "the final USER must come after the last RUN"
+
+
+def _dockerignore_rules() -> list[tuple[bool, re.Pattern]]:
+    """.dockerignore as (is_exception, regex), Docker's syntax: *, ?, **, leading !."""
+    rules = []
+    for line in DOCKERIGNORE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:].strip() if negate else line
+        pattern = pattern.strip("/")
+        rx, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                rx, i = rx + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                rx, i = rx + ".*", i + 2
+            elif pattern[i] == "*":
+                rx, i = rx + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                rx, i = rx + "[^/]", i + 1
+            else:
+                rx, i = rx + re.escape(pattern[i]), i + 1
+        rules.append((negate, re.compile(rx)))
+    return rules
+
+
+def _dockerignored(path: str, rules) -> bool:
+    """Docker's rule: a pattern matches a path or one of its parent folders; the last
+    matching line wins."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
+    excluded = False
+    for negate, rx in rules:
+        if any(rx.fullmatch(p) for p in prefixes):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_keeps_the_context_small():
+    rules = _dockerignore_rules()
+    for path in (
+        ".venv/bin/python",
+        ".venv/lib/python3.11/site-packages/torch/__init__.py",
+        ".env",
+        ".git/HEAD",
+        "model_repository/sam2_encoder/1/model.onnx",
+        "model_repository/sam2_decoder/1/model.onnx.data",
+        "model_repository/sam2_encoder/config.pbtxt",
+        "outputs/mask.png",
+        "tests/test_deploy.py",
+        "docs/sessions.md",
+        "export/sam2_triton_export/__init__.py",
+        "client/sam2_triton/__pycache__/spec.cpython-312.pyc",
+        "client/build/lib/sam2_triton/spec.py",
+        "server/sam2_triton_server.egg-info/PKG-INFO",
+        "client/.venv/bin/python",
+        "server/sam2_triton_server/model.onnx",
+    ):
+        assert _dockerignored(path, rules), f"{path} would be sent to the Docker daemon"
+    # everything the Dockerfile copies (client/, server/) is in the context
+    sources = [
+        p.relative_to(ROOT).as_posix()
+        for top in ("client", "server")
+        for p in (ROOT / top).rglob("*")
+        if p.is_file()
+        and not {"__pycache__", "build", "dist"} & set(p.relative_to(ROOT).parts)
+        and not any(part.endswith(".egg-info") for part in p.parts)
+    ]
+    assert "client/pyproject.toml" in sources and "server/sam2_triton_server/segment.py" in sources
+    kept_out = [p for p in sources if _dockerignored(p, rules)]
+    assert not kept_out, f"needed by the image build but ignored: {kept_out}"
+
+
+def test_dockerignore_matcher():
+    rules = [(False, re.compile("[^/]*")), (True, re.compile("client"))]
+    assert _dockerignored("docs/a.md", rules)
+    assert not _dockerignored("client/sam2_triton/spec.py", rules)
+    rules.append((False, re.compile(r"(?:.*/)?__pycache__")))
+    assert _dockerignored("client/sam2_triton/__pycache__/x.pyc", rules)
+
+
+@pytest.fixture(scope="module")
+def server_wheels(tmp_path_factory) -> dict[str, Path]:
+    """The two wheels the Dockerfile builds, built the same way (pip wheel --no-deps) from a
+    copy of client/ and server/ (so that setuptools' build/ and egg-info stay out of the tree),
+    without build isolation so that no index is needed."""
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        pytest.skip("setuptools (the packages' build backend) is not installed")
+    work = tmp_path_factory.mktemp("wheels")
+    ignore = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__")
+    for top in ("client", "server"):
+        shutil.copytree(ROOT / top, work / top, ignore=ignore)
+    out = work / "dist"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"),
+            *("--wheel-dir", str(out), "./client", "./server"),
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wheels = {w.name.split("-", 1)[0]: w for w in out.glob("*.whl")}
+    assert set(wheels) == {"sam2_triton_client", "sam2_triton_server"}, sorted(out.iterdir())
+    return wheels
+
+
+def test_wheels_contain_only_their_package(server_wheels):
+    for dist, package in (
+        ("sam2_triton_client", "sam2_triton"),
+        ("sam2_triton_server", "sam2_triton_server"),
+    ):
+        with zipfile.ZipFile(server_wheels[dist]) as zf:
+            names = zf.namelist()
+            tops = {n.split("/", 1)[0] for n in names}
+            meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+            requires = re.findall(r"^Requires-Dist: (.+)$", zf.read(meta).decode(), re.M)
+        info = {t for t in tops if t.endswith(".dist-info")}
+        assert len(info) == 1 and tops - info == {package}, sorted(tops)
+        assert not [n for n in names if n.endswith((".onnx", ".pt", ".pyc"))], names
+        if dist == "sam2_triton_server":
+            client_version = server_wheels["sam2_triton_client"].name.split("-")[1]
+            assert f"sam2-triton-client=={client_version}" in requires, requires
+
+
+def test_server_modules_import_without_tritonclient(server_wheels, tmp_path):
+    """What the derived image holds: the two wheels installed with --no-deps into one folder,
+    imported by an isolated interpreter (-I, as Triton's python-backend stub runs it) in which
+    tritonclient, onnxruntime and torch cannot be imported."""
+    target = tmp_path / "opt-sam2-triton"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet"),
+            *("--target", str(target), *map(str, server_wheels.values())),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    code = f"""
+import sys
+sys.path.insert(0, {str(target)!r})
+for blocked in ("tritonclient", "onnxruntime", "torch", "triton_python_backend_utils"):
+    sys.modules[blocked] = None  # importing them raises ImportError
+import sam2_triton_server.segment, sam2_triton_server.session, sam2_triton_server.onnx_model
+import sam2_triton.spec, sam2_triton.transforms, sam2_triton.prompts
+import sam2_triton.errors, sam2_triton.types
+for name, module in sorted(sys.modules.items()):
+    if name.startswith("sam2_triton") and module is not None:
+        assert module.__file__.startswith({str(target)!r}), (name, module.__file__)
+print("ok")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,26 +1018,47 @@ def _req_name(req: str) -> str:
 
 @needs_tomllib
 def test_pixi_locks_every_project_dependency():
-    """`setup` installs the project with --no-deps, so pixi must provide every dependency of
-    pyproject.toml (base + dev extras, which include export and serve) and of sam2."""
-    pyproject = tomllib.loads(PYPROJECT.read_text())["project"]
-    extras = pyproject["optional-dependencies"]
+    """`setup` installs this checkout's distributions (the root, client/, server/) with
+    --no-deps, so pixi must provide every dependency of theirs (root base + dev extras, which
+    include export and serve; the extras they request of each other) and of sam2."""
+    local = {
+        tomllib.loads((d / "pyproject.toml").read_text())["project"]["name"]: d
+        for d in (ROOT, ROOT / "client", ROOT / "server")
+    }
+    projects = {
+        name: tomllib.loads((d / "pyproject.toml").read_text())["project"]
+        for name, d in local.items()
+    }
     wanted: set[str] = set()
+    seen: set[tuple[str, str]] = set()
 
     def add(reqs):
         for r in reqs:
             name = _req_name(r)
-            if name == "sam2-triton":  # self-reference: sam2-triton[rle,export,serve]
-                for extra in re.search(r"\[(.*)\]", r).group(1).split(","):
-                    add(extras[extra.strip()])
-            else:
+            if name not in local:
                 wanted.add(name)
+                continue
+            extras = re.search(r"\[(.*)\]", r)
+            for part in ["", *(extras.group(1).split(",") if extras else [])]:
+                if (name, part.strip()) in seen:
+                    continue
+                seen.add((name, part.strip()))
+                project = projects[name]
+                add(
+                    project["dependencies"]
+                    if not part
+                    else project["optional-dependencies"][part.strip()]
+                )
 
-    add(pyproject["dependencies"])
-    add(extras["dev"])
+    add(["sam2-triton[dev]"])
     wanted.discard("sam2")  # installed by the setup task
     pixi_names = {n.lower().replace("_", "-") for n in _pixi()["pypi-dependencies"]}
     assert wanted <= pixi_names, f"missing from pixi.toml: {sorted(wanted - pixi_names)}"
+    setup = _pixi()["tasks"]["setup"]["cmd"]
+    for d in ("client", "server"):
+        assert re.search(rf"(^|\s)(\./)?{d}/?(\s|$)", setup), (
+            f"the setup task does not install ./{d}"
+        )
     assert {"hydra-core", "iopath"} <= pixi_names  # sam2's own runtime dependencies
 
 

@@ -212,7 +212,7 @@ def test_failed_verification_installs_nothing(repo_copy: Path) -> None:
 def test_interrupted_export_keeps_previous_models(repo_copy: Path) -> None:
     before = _snapshot(repo_copy)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sam2_triton.cli", "export", "--random-weights", "--seed", "2",
+        [sys.executable, "-m", "sam2_triton_app.cli", "export", "--random-weights", "--seed", "2",
          "--output", str(repo_copy)], stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # interrupt once the encoder has been written to staging
         if "Exporting sam2_decoder" in line:
@@ -326,7 +326,7 @@ def test_published_checkpoint_table() -> None:
 
 
 def test_export_help_lists_every_option() -> None:
-    out = subprocess.run([sys.executable, "-m", "sam2_triton.cli", "export", "--help"],
+    out = subprocess.run([sys.executable, "-m", "sam2_triton_app.cli", "export", "--help"],
                          capture_output=True, text=True, check=True).stdout
     for flag in ("--variant", "--checkpoint", "--download", "--random-weights", "--seed",
                  "--output", "--image-dtype", "--embedding-dtype", "--tolerance"):
@@ -334,6 +334,6 @@ def test_export_help_lists_every_option() -> None:
 
 
 def test_export_requires_a_weights_source() -> None:
-    proc = subprocess.run([sys.executable, "-m", "sam2_triton.cli", "export"],
+    proc = subprocess.run([sys.executable, "-m", "sam2_triton_app.cli", "export"],
                           capture_output=True, text=True, env={**os.environ})
     assert proc.returncode == 2 and "--checkpoint" in proc.stderr

@@ -7,7 +7,7 @@ result or a documented ``SAM2TritonError`` subclass, nothing else. Where an inpu
 be valid it must be accepted, and accepted results are checked, not just survived.
 
 Most examples run the client's validation without a server (``transforms.load_image``,
-``_validate.validate_prompts``); a client pointed at a closed port shows that bad prompts are
+``prompts.validate_prompts``); a client pointed at a closed port shows that bad prompts are
 refused before anything is sent; a few valid cases go end to end through the real server.
 Run with ``-s`` to see how many inputs of each kind were tried (``SAM2_TRITON_FUZZ_REPORT=path``
 also writes the counts as JSON).
@@ -32,7 +32,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from sam2_triton import ImageEmbedding, Prompt, SAM2Client, spec
-from sam2_triton._validate import plan_decode, validate_prompts
+from sam2_triton.prompts import plan_decode, validate_prompts
 from sam2_triton.errors import (
     InvalidImageError,
     InvalidInputError,

@@ -8,7 +8,6 @@ and the committed ``model.py`` shims.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -31,6 +30,8 @@ from sam2_triton_serve.errors import (
     ServerStartTimeoutError,
 )
 from sam2_triton_serve.launcher import LocalTritonServer, find_free_ports
+
+from .triton_helpers import metric
 
 pytestmark = pytest.mark.triton
 
@@ -130,12 +131,6 @@ def reference(repo: Path, name: str, feeds: dict[str, np.ndarray]) -> list[np.nd
         str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     return session.run(None, feeds)
-
-
-def metric(text: str, name: str, model: str) -> float:
-    match = re.search(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.M)
-    assert match, f"{name} for {model} not in metrics"
-    return float(match.group(1))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -242,7 +237,7 @@ def test_concurrent_requests_are_batched(running: LocalTritonServer) -> None:
     url = running.http_url.removeprefix("http://")
     before = urllib.request.urlopen(running.metrics_url).read().decode()
     count0, exec0 = (
-        metric(before, m, ENC) for m in ("nv_inference_count", "nv_inference_exec_count")
+        metric(before, m, model=ENC) for m in ("nv_inference_count", "nv_inference_exec_count")
     )
     images = [np.full((1, 3, 4, 4), i, dtype=np.float32) for i in range(8)]
 
@@ -258,8 +253,8 @@ def test_concurrent_requests_are_batched(running: LocalTritonServer) -> None:
         np.testing.assert_array_equal(result, image * 2 + 1)
 
     after = urllib.request.urlopen(running.metrics_url).read().decode()
-    count = metric(after, "nv_inference_count", ENC) - count0
-    executions = metric(after, "nv_inference_exec_count", ENC) - exec0
+    count = metric(after, "nv_inference_count", model=ENC) - count0
+    executions = metric(after, "nv_inference_exec_count", model=ENC) - exec0
     assert count == 8
     assert executions < count, f"8 requests ran in {executions} executions: not batched"
 

@@ -13,15 +13,25 @@ from sam2_triton_serve import repository
 
 pytestmark = pytest.mark.triton
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-BLOCKS = [b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "$TRITON" in b or "$METRICS" in b]
+BLOCKS = [
+    b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "$TRITON" in b or "$METRICS" in b
+]
 
 
 def _run(block: str, server, cwd: Path | None = None) -> str:
-    env = {"TRITON": server.http_url.removeprefix("http://"),
-           "METRICS": server.metrics_url.removeprefix("http://").removesuffix("/metrics"),
-           "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], capture_output=True,
-                          text=True, env=env, timeout=300, cwd=cwd)
+    env = {
+        "TRITON": server.http_url.removeprefix("http://"),
+        "METRICS": server.metrics_url.removeprefix("http://").removesuffix("/metrics"),
+        "PATH": "/usr/bin:/bin",
+    }
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -34,7 +44,9 @@ def test_health_metadata_config(triton_server) -> None:
     out = _run(BLOCKS[0], triton_server).splitlines()
     assert out[0] == "200"
     meta, config = json.loads(out[1]), json.loads(out[2])
-    assert meta["name"] == "sam2_decoder" and {i["name"] for i in meta["inputs"]} >= {"point_coords"}
+    assert meta["name"] == "sam2_decoder" and {i["name"] for i in meta["inputs"]} >= {
+        "point_coords"
+    }
     assert config["name"] == "sam2_encoder" and config["max_batch_size"] > 0
 
 
@@ -63,9 +75,9 @@ def test_one_shot_segmentation_with_curl(triton_server, tmp_path: Path) -> None:
     """The README's curl call to sam2_segment on a photo.png gives the SDK's mask."""
     import numpy as np
     from PIL import Image
+    from pycocotools import mask as mask_utils
 
     from sam2_triton import Prompt, SAM2Client
-    from sam2_triton_serve.segment_model import rle_decode
 
     yy, xx = np.mgrid[0:480, 0:640]
     photo = np.stack([np.sin(xx / 40.0), np.cos(yy / 30.0), np.sin((xx + yy) / 50.0)], -1)
@@ -74,8 +86,12 @@ def test_one_shot_segmentation_with_curl(triton_server, tmp_path: Path) -> None:
     assert (result["width"], result["height"], result["format"]) == (640, 480, "rle")
     (obj,) = result["objects"]
     with SAM2Client(triton_server.grpc_url, use_sessions=False) as client:
-        pred = client.decode(client.encode(tmp_path / "photo.png"),
-                             Prompt(point_coords=[[320, 240]], point_labels=[1]),
-                             multimask_output=False)
+        pred = client.decode(
+            client.encode(tmp_path / "photo.png"),
+            Prompt(point_coords=[[320, 240]], point_labels=[1]),
+            multimask_output=False,
+        )
     assert obj["scores"] == [float(pred.scores[0])]
-    np.testing.assert_array_equal(rle_decode(obj["masks"][0]), pred.masks[0])
+    rle = obj["masks"][0]
+    mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+    np.testing.assert_array_equal(mask.astype(bool), pred.masks[0])

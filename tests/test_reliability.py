@@ -41,10 +41,7 @@ from sam2_triton.errors import (
     ServerBusyError,
     ServerUnavailableError,
 )
-from sam2_triton_export import install
-from sam2_triton_serve import repository
-from sam2_triton_serve.launcher import LocalTritonServer
-from sam2_triton_serve.loadtest import (
+from sam2_triton_bench.loadtest import (
     LoadOptions,
     check_loopback,
     embedding_digest,
@@ -52,6 +49,9 @@ from sam2_triton_serve.loadtest import (
     process_tree,
     run_loadtest,
 )
+from sam2_triton_export import install
+from sam2_triton_serve import repository
+from sam2_triton_serve.launcher import LocalTritonServer
 
 from .triton_helpers import metric, metrics_text
 
@@ -108,8 +108,11 @@ def _kill(server: LocalTritonServer) -> None:
 
 
 def _snapshot(repo: Path) -> dict[str, str]:
-    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(repo.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -127,8 +130,18 @@ def _check_load(report) -> None:
 def test_load_short(exported_repo: Path) -> None:
     """The CI version: 8 clients x 10 requests, every client kind. Two warm-up requests do not
     reach every encoder batch size, so the memory bound is looser than the full run's."""
-    opts = LoadOptions(clients=8, requests=10, warmup=2, images=2, prompt_sets=2, max_prompts=4,
-                       retries=5, timeout_s=300, max_duration_s=900, max_rss_growth_mb=1024)
+    opts = LoadOptions(
+        clients=8,
+        requests=10,
+        warmup=2,
+        images=2,
+        prompt_sets=2,
+        max_prompts=4,
+        retries=5,
+        timeout_s=300,
+        max_duration_s=900,
+        max_rss_growth_mb=1024,
+    )
     _check_load(run_loadtest(opts, exported_repo))
 
 
@@ -142,17 +155,21 @@ def test_load_full(exported_repo: Path, tmp_path: Path) -> None:
     _check_load(report)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--grpc-url", "192.0.2.1:8001"], "only targets loopback servers"),
-    (["--http-url", "http://192.0.2.1:8000"], "only targets loopback servers"),
-    (["--grpc-url", "localhost"], "expected host:port"),
-    (["--clients", "0"], "clients"),
-    (["--encode-fraction", "1.5"], "encode_fraction"),
-])
-def test_loadtest_refuses_remote_servers_and_bad_options(argv: list[str], message: str,
-                                                          capsys) -> None:
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--grpc-url", "192.0.2.1:8001"], "only targets loopback servers"),
+        (["--http-url", "http://192.0.2.1:8000"], "only targets loopback servers"),
+        (["--grpc-url", "localhost"], "expected host:port"),
+        (["--clients", "0"], "clients"),
+        (["--encode-fraction", "1.5"], "encode_fraction"),
+    ],
+)
+def test_loadtest_refuses_remote_servers_and_bad_options(
+    argv: list[str], message: str, capsys
+) -> None:
     """Nothing is started or sent: exit status 2 and the reason."""
-    from sam2_triton_serve import loadtest
+    from sam2_triton_bench import loadtest
 
     parser = argparse.ArgumentParser()
     loadtest.add_arguments(parser)
@@ -171,13 +188,17 @@ def busy_server(repo_copy: Path):
     """The encoder admits one running and ONE queued request (max_queue_size=1, batch 1);
     no response cache, so the same picture is computed every time."""
     manifest = json.loads((repo_copy / repository.MANIFEST_FILENAME).read_text())
-    opts = repository.RepositoryOptions(image_dtype=manifest["image_dtype"],
-                                        feature_dtype=manifest["feature_dtype"],
-                                        max_queue_size=1, cpu_max_batch_size=1)
+    opts = repository.RepositoryOptions(
+        image_dtype=manifest["image_dtype"],
+        feature_dtype=manifest["feature_dtype"],
+        max_queue_size=1,
+        cpu_max_batch_size=1,
+    )
     for rel, text in repository.config_files(opts).items():
         (repo_copy / rel).write_text(text)
-    with LocalTritonServer(repo_copy, http_port=0, grpc_port=0, metrics_port=0,
-                           cache_size=0) as server:
+    with LocalTritonServer(
+        repo_copy, http_port=0, grpc_port=0, metrics_port=0, cache_size=0
+    ) as server:
         yield server
 
 
@@ -198,8 +219,9 @@ def test_full_queue_is_server_busy_and_retries_get_through(busy_server, caplog) 
     results: dict[str, str] = {}
 
     def encode(name: str) -> None:
-        with SAM2Client(busy_server.grpc_url, "grpc", embedding_cache_bytes=0,
-                        timeout_s=300, use_sessions=False) as client:
+        with SAM2Client(
+            busy_server.grpc_url, "grpc", embedding_cache_bytes=0, timeout_s=300, use_sessions=False
+        ) as client:
             results[name] = embedding_digest(client.encode(image))
 
     # one request runs (batch size 1), the other waits: the queue (size 1) is full for the
@@ -217,8 +239,9 @@ def test_full_queue_is_server_busy_and_retries_get_through(busy_server, caplog) 
                 client.encode(image)
 
     async def aio() -> None:
-        async with AsyncSAM2Client(busy_server.grpc_url, "grpc", embedding_cache_bytes=0,
-                                   use_sessions=False) as c:
+        async with AsyncSAM2Client(
+            busy_server.grpc_url, "grpc", embedding_cache_bytes=0, use_sessions=False
+        ) as c:
             with pytest.raises(ServerBusyError, match="queue"):
                 await c.encode(image)
 
@@ -226,8 +249,15 @@ def test_full_queue_is_server_busy_and_retries_get_through(busy_server, caplog) 
 
     # with retries: rejected while the queue is full, then admitted
     caplog.set_level(logging.INFO, logger="sam2_triton._core")
-    with SAM2Client(busy_server.http_url, "http", embedding_cache_bytes=0, timeout_s=300,
-                    retries=30, retry_backoff_s=0.2, use_sessions=False) as client:
+    with SAM2Client(
+        busy_server.http_url,
+        "http",
+        embedding_cache_bytes=0,
+        timeout_s=300,
+        retries=30,
+        retry_backoff_s=0.2,
+        use_sessions=False,
+    ) as client:
         retried = embedding_digest(client.encode(image))
     running.join()
     queued.join()
@@ -240,12 +270,21 @@ def test_full_queue_is_server_busy_and_retries_get_through(busy_server, caplog) 
     # rejections in nv_inference_request_failure: they never reach the model)
     text = metrics_text(busy_server.metrics_url)
     assert metric(text, "nv_inference_request_success", model="sam2_encoder") == 3, [
-        line for line in text.splitlines() if "sam2_encoder" in line and "request_" in line]
+        line for line in text.splitlines() if "sam2_encoder" in line and "request_" in line
+    ]
 
 
-@pytest.mark.parametrize("kwargs", [{"retries": -1}, {"retries": 1.5}, {"retries": True},
-                                    {"retry_backoff_s": -1}, {"retry_backoff_s": float("nan")},
-                                    {"retry_backoff_s": "1"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"retries": -1},
+        {"retries": 1.5},
+        {"retries": True},
+        {"retry_backoff_s": -1},
+        {"retry_backoff_s": float("nan")},
+        {"retry_backoff_s": "1"},
+    ],
+)
 def test_retry_options_are_validated(kwargs) -> None:
     with pytest.raises(InvalidInputError, match="retr"):
         SAM2Client("localhost:1", "grpc", **kwargs)
@@ -256,10 +295,15 @@ def test_server_killed_and_restarted_under_a_client(exported_repo: Path) -> None
     """gRPC with the default path (server-side sessions when the repository has them), HTTP
     with the features sent on every click."""
     server = LocalTritonServer(exported_repo, http_port=0, grpc_port=0, metrics_port=0).start()
-    ports = {"http_port": server.http_port, "grpc_port": server.grpc_port,
-             "metrics_port": server.metrics_port}
-    clients = {"grpc": SAM2Client(server.grpc_url, "grpc", timeout_s=300),
-               "http": SAM2Client(server.http_url, "http", timeout_s=300, use_sessions=False)}
+    ports = {
+        "http_port": server.http_port,
+        "grpc_port": server.grpc_port,
+        "metrics_port": server.metrics_port,
+    }
+    clients = {
+        "grpc": SAM2Client(server.grpc_url, "grpc", timeout_s=300),
+        "http": SAM2Client(server.http_url, "http", timeout_s=300, use_sessions=False),
+    }
     try:
         image = _image(2)
         emb = {k: c.encode(image) for k, c in clients.items()}
@@ -274,8 +318,10 @@ def test_server_killed_and_restarted_under_a_client(exported_repo: Path) -> None
         def encode(name: str, seed: int) -> None:
             inflight[name] = _error_of(clients[name].encode, _image(seed))
 
-        threads = [threading.Thread(target=encode, args=("grpc", 3)),
-                   threading.Thread(target=encode, args=("http", 4))]
+        threads = [
+            threading.Thread(target=encode, args=("grpc", 3)),
+            threading.Thread(target=encode, args=("http", 4)),
+        ]
         for t in threads:
             t.start()
         time.sleep(1.5)  # sent (an encoder pass takes seconds on CPU), not answered
@@ -297,8 +343,9 @@ def test_server_killed_and_restarted_under_a_client(exported_repo: Path) -> None
                 for _ in range(3):
                     errors.append(_error_of(client.decode, emb[k], PROMPTS))
                 errors.append(_error_of(client.wait_until_ready, timeout_s=0.5))
-            held = [type(o).__module__ for o in gc.get_objects()
-                    if type(o).__name__ == "InferInput"]
+            held = [
+                type(o).__module__ for o in gc.get_objects() if type(o).__name__ == "InferInput"
+            ]
         finally:
             gc.enable()
         assert not held, f"{len(held)} request tensors kept alive by failed requests"
@@ -309,8 +356,9 @@ def test_server_killed_and_restarted_under_a_client(exported_repo: Path) -> None
         retried: dict[str, object] = {}
 
         def patient() -> None:
-            with SAM2Client(server.grpc_url, "grpc", timeout_s=300, retries=12,
-                            retry_backoff_s=0.25) as client:
+            with SAM2Client(
+                server.grpc_url, "grpc", timeout_s=300, retries=12, retry_backoff_s=0.25
+            ) as client:
                 try:
                     retried["digest"] = prediction_digest(client.decode(emb["grpc"], PROMPTS))
                 except SAM2TritonError as exc:
@@ -355,12 +403,17 @@ def test_which_errors_are_retried() -> None:
         assert delay("Request timeout expired", "400")[1] > 0  # the server's queue timeout
         assert delay("Socket closed", "StatusCode.UNAVAILABLE")[1] > 0
         assert delay("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED") == (
-            "RequestTimeoutError", None)
-        assert delay("This protocol is restricted, expecting header "
-                     "'triton-grpc-protocol-admin-key'", "StatusCode.UNAVAILABLE") == (
-            "AccessDeniedError", None)
+            "RequestTimeoutError",
+            None,
+        )
+        assert delay(
+            "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'",
+            "StatusCode.UNAVAILABLE",
+        ) == ("AccessDeniedError", None)
         assert delay("unexpected shape for input 'image'", "StatusCode.INVALID_ARGUMENT") == (
-            "InferenceError", None)
+            "InferenceError",
+            None,
+        )
         assert delay(*queue_full, attempt=2)[1] is None  # retries used up
         assert delay(*queue_full, step=Call("is_server_ready"))[1] is None  # polls loop alone
         assert delay(*queue_full, step=Compute(print))[1] is None
@@ -396,19 +449,27 @@ def test_timeout_leaves_the_client_usable(triton_server, variant: str) -> None:
         emb = patient.encode(known)
         ref_features = _features(patient, emb)
         ref = prediction_digest(patient.decode(emb, PROMPTS[:1]))
-        executions = metric(metrics_text(triton_server.metrics_url), "nv_inference_exec_count",
-                            model="sam2_encoder")
+        executions = metric(
+            metrics_text(triton_server.metrics_url), "nv_inference_exec_count", model="sam2_encoder"
+        )
         # a picture no one encoded yet: an encoder pass takes seconds on CPU
         slow = _image({"grpc": 11, "http": 12, "http-aio": 13}[variant])
 
         def wait_for_encoder() -> None:  # the server finishes the abandoned request
             deadline = time.monotonic() + 120
-            while metric(metrics_text(triton_server.metrics_url), "nv_inference_exec_count",
-                         model="sam2_encoder") <= executions:
+            while (
+                metric(
+                    metrics_text(triton_server.metrics_url),
+                    "nv_inference_exec_count",
+                    model="sam2_encoder",
+                )
+                <= executions
+            ):
                 assert time.monotonic() < deadline, "the abandoned encode never finished"
                 time.sleep(0.1)
 
         if variant == "http-aio":
+
             async def run() -> tuple[object, str]:
                 async with AsyncSAM2Client(url, "http", timeout_s=1.5, use_sessions=False) as short:
                     with pytest.raises(RequestTimeoutError):
@@ -435,16 +496,22 @@ def test_missing_model_is_model_not_ready(triton_server, protocol: str) -> None:
     url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
     with SAM2Client(url, protocol, use_sessions=False) as good:
         emb = good.encode(_image(10))
-    with SAM2Client(url, protocol, encoder_model="sam2_encoder_missing",
-                    decoder_model="sam2_decoder_missing", use_sessions=False) as client:
+    with SAM2Client(
+        url,
+        protocol,
+        encoder_model="sam2_encoder_missing",
+        decoder_model="sam2_decoder_missing",
+        use_sessions=False,
+    ) as client:
         with pytest.raises(ModelNotReadyError, match="sam2_encoder_missing"):
             client.encode(_image(10))
         with pytest.raises(ModelNotReadyError, match="sam2_decoder_missing"):
             client.decode(emb, PROMPTS[0])
         with pytest.raises(ModelNotReadyError, match="not ready after"):
             client.wait_until_ready(timeout_s=0.5)
-    with SAM2Client(url, protocol, session_model="sam2_session_missing",
-                    use_sessions=True) as client:  # sessions required but not served
+    with SAM2Client(
+        url, protocol, session_model="sam2_session_missing", use_sessions=True
+    ) as client:  # sessions required but not served
         with pytest.raises(ModelNotReadyError, match="sam2_session_missing"):
             client.encode(_image(10))
     with SAM2Client(url, protocol) as good:  # the server itself is unaffected
@@ -461,8 +528,20 @@ def test_export_killed_half_way_leaves_the_repository_serving(repo_copy: Path) -
             features = _features(client, emb)
             ref = prediction_digest(client.decode(emb, PROMPTS))
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sam2_triton.cli", "export", "--random-weights", "--seed",
-                 "3", "--output", str(repo_copy)], stderr=subprocess.PIPE, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "sam2_triton_app.cli",
+                    "export",
+                    "--random-weights",
+                    "--seed",
+                    "3",
+                    "--output",
+                    str(repo_copy),
+                ],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
                 for line in proc.stderr:  # the encoder is in staging: kill mid-way
                     if "Exporting sam2_decoder" in line:

@@ -181,7 +181,7 @@ def test_local_server_listens_on_loopback_only(restricted_server) -> None:
 def test_serve_command_binds_loopback_by_default(exported_repo: Path) -> None:
     http, grpc, metrics = find_free_ports(3)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sam2_triton.cli", "serve", "--model-repository",
+        [sys.executable, "-m", "sam2_triton_app.cli", "serve", "--model-repository",
          str(exported_repo), "--http-port", str(http), "--grpc-port", str(grpc),
          "--metrics-port", str(metrics)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)

@@ -1,10 +1,11 @@
 """Sessions (``sam2_session``) and one-shot REST segmentation (``sam2_segment``).
 
-Unit tests of the self-contained model files (COCO RLE against pycocotools, the feature store,
-prompt parsing) and tests against the real local tritonserver: masks equal to the features path,
-eviction under a small byte budget with transparent re-upload, a restart mid-use, concurrent
-first requests sharing one encoder run, the budget under load, clear errors, and REST
-segmentation equal to the client's masks.
+Unit tests of ``sam2_triton_server`` without Triton (the feature store, request checks, JSON
+prompts through the SDK's validation, COCO RLE by pycocotools, the segmentation pipeline on a
+fake decoder) and tests against the real local tritonserver: masks equal to the features path,
+``multimask_output`` selecting the tokens, eviction under a small byte budget with transparent
+re-upload, a restart mid-use, concurrent first requests sharing one encoder run, the budget
+under load, clear errors, and REST segmentation equal to the client's masks.
 """
 
 from __future__ import annotations
@@ -41,23 +42,13 @@ from sam2_triton import (
     transforms,
 )
 from sam2_triton._core import map_transport_error
+from sam2_triton.spec import session_image_id as image_id
 from sam2_triton_serve import repository
-from sam2_triton_serve.segment_model import (
-    RequestError as SegmentRequestError,
-)
-from sam2_triton_serve.segment_model import (
-    image_bytes,
-    parse_prompts,
-    rle_decode,
-    rle_encode,
-)
-from sam2_triton_serve.session_model import (
-    Entry,
-    FeatureStore,
-    RequestError,
-    check_image_id,
-    image_id,
-)
+from sam2_triton_server import segment
+from sam2_triton_server._triton import RequestError
+from sam2_triton_server.segment import image_bytes, parse_prompts, wire_prompts
+from sam2_triton_server.session_wire import check_image_id, check_inputs
+from sam2_triton_server.store import Entry, FeatureStore
 
 from .triton_helpers import metric, metrics_text
 
@@ -85,6 +76,13 @@ def png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def rle_decode(rle: dict) -> np.ndarray:
+    """A COCO RLE of the JSON result back to a bool mask, by pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+
+
 def same_predictions(a, b) -> None:
     for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
         np.testing.assert_array_equal(x.masks, y.masks)
@@ -106,33 +104,17 @@ def _masks() -> Iterator[np.ndarray]:
         yield (yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (min(h, w) / 3) ** 2
 
 
-@pytest.mark.parametrize("index", range(30))
-def test_rle_equals_pycocotools(index: int) -> None:
-    from pycocotools import mask as mask_utils
-
-    mask = list(_masks())[index]
-    ours = rle_encode(mask)
-    theirs = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    assert ours["size"] == [int(s) for s in theirs["size"]]
-    assert ours["counts"] == theirs["counts"].decode("ascii")
-    np.testing.assert_array_equal(rle_decode(ours), mask)
-    back = mask_utils.decode({"size": ours["size"], "counts": ours["counts"].encode()})
-    np.testing.assert_array_equal(back.astype(bool), mask)
-
-
-def test_rle_long_runs_use_negative_deltas() -> None:
-    """Counts larger than 2**15 and deltas below zero exercise the sign handling."""
-    from pycocotools import mask as mask_utils
-
-    mask = np.zeros((300, 400), bool)
-    mask[:, 200:] = True
-    mask[5, 3] = True
-    ours = rle_encode(mask)
-    assert (
-        ours["counts"]
-        == mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
-    )
-    np.testing.assert_array_equal(rle_decode(ours), mask)
+@pytest.mark.parametrize("index", range(6))
+def test_rle_of_a_mask_stack_round_trips(index: int) -> None:
+    """``segment.rle`` hands a [C, H, W] stack to pycocotools in its layout (H x W x C, Fortran)."""
+    masks = list(_masks())[index * 5 : index * 5 + 5]
+    stack = np.stack(masks)
+    encoded = segment.rle(stack)
+    assert len(encoded) == len(masks)
+    for rle, mask in zip(encoded, masks):
+        assert rle["size"] == list(mask.shape) and isinstance(rle["counts"], str)
+        np.testing.assert_array_equal(rle_decode(rle), mask)
+    json.dumps(encoded)  # plain JSON
 
 
 def _entry(nbytes: int, tag: int = 0) -> Entry:
@@ -187,6 +169,7 @@ def test_feature_store_reports_errors_to_waiters_and_refuses_oversized_entries()
 
 
 def test_image_id_is_the_documented_sha256() -> None:
+    """The id recipe of docs/sessions.md (spec.session_image_id, which server and client use)."""
     wire = np.random.default_rng(1).random((3, 8, 8), dtype=np.float32)
     want = hashlib.sha256(
         spec.SESSION_ID_SALT + wire.tobytes() + np.array([480, 640], "<i4").tobytes()
@@ -205,6 +188,11 @@ def test_malformed_ids_are_rejected(bad) -> None:
     assert check_image_id(b"0123456789abcdef" * 4) == "0123456789abcdef" * 4
 
 
+def _parse_and_check(raw: bytes, orig_hw: tuple[int, int] = (30, 40)):
+    prompts, multimask, fmt = parse_prompts(raw)
+    return wire_prompts(prompts, orig_hw), multimask, fmt
+
+
 @pytest.mark.parametrize(
     ("prompts", "match"),
     [
@@ -212,37 +200,48 @@ def test_malformed_ids_are_rejected(bad) -> None:
         (b"[1, 2]", "must be a JSON object"),
         (b'{"point": [[1, 2]]}', "unknown key"),
         (b'{"points": [[1, 2]]}', "together"),
-        (b'{"points": [[1, 2, 3]], "labels": [1]}', r"shape \[n, 2\]"),
-        (b'{"points": [[1, 2]], "labels": [2]}', "labels must be 1"),
-        (b'{"points": [[1, NaN]], "labels": [1]}', "NaN"),
+        (b'{"points": [[1, 2, 3]], "labels": [1]}', r"prompts.points must have shape \(P, 2\)"),
+        (b'{"points": "ab", "labels": [1]}', "prompts.points must be a numeric"),
+        (b'{"points": [[1, 2], [3]], "labels": [1, 1]}', "prompts.points must be a numeric"),
+        (b'{"points": [[1, 2], [3, 4]], "labels": [1]}', r"prompts.labels must have shape \(2,\)"),
+        (b'{"points": [[1, 2]], "labels": [2]}', r"prompts.labels\[0\] = 2; labels must be 1"),
+        (b'{"points": [[1, NaN]], "labels": [1]}', r"prompts.points\[0, 1\] is nan.*NaN"),
+        (b'{"points": [[50, 5]], "labels": [1]}', "outside the 40x30"),
+        (json.dumps({"points": [[1, 1]] * 65, "labels": [1] * 65}).encode(), "holds 65 points"),
         (b'{"box": [5, 5, 1, 9]}', "inverted"),
+        (b'{"objects": [{"box": [0, 0, 1]}]}', r"prompts.objects\[0\].box must have shape"),
         (b'{"multimask": "yes", "box": [0, 0, 1, 1]}', "true or false"),
         (b'{"format": "tiff", "box": [0, 0, 1, 1]}', "format"),
         (b"{}", "no points and no box"),
+        (b'{"points": [[1, 1]], "labels": [1], "objects": []}', "both 'objects'"),
         (b'{"objects": [], "multimask": true}', "1 to"),
         (b'{"objects": [{"box": [0, 0, 1, 1]}], "box": [0, 0, 1, 1]}', "both 'objects'"),
         (b'{"objects": [{"box": [0, 0, 1, 1], "mask": 1}]}', r"objects\[0\] has unknown key"),
     ],
 )
 def test_segment_prompt_errors_name_the_field(prompts: bytes, match: str) -> None:
-    with pytest.raises(SegmentRequestError, match=match):
-        parse_prompts(prompts)
+    """JSON checks here, value checks by the SDK's validate_prompt, in the JSON's own names."""
+    with pytest.raises(RequestError, match=match) as info:
+        _parse_and_check(prompts)
+    assert "point_coords" not in str(info.value) and "point_labels" not in str(info.value)
+    assert info.value.code == "INVALID_ARG"
 
 
 def test_segment_prompts_defaults_and_objects() -> None:
-    objects, multimask, fmt = parse_prompts(b'{"points": [[3, 4]], "labels": [1]}')
-    assert (len(objects), multimask, fmt) == (1, False, "rle")
-    objects, multimask, fmt = parse_prompts(
-        json.dumps(
-            {
-                "objects": [{"box": [0, 0, 5, 5]}, {"points": [[1, 1]], "labels": [0]}],
-                "multimask": True,
-                "format": "png",
-            }
-        ).encode()
-    )
-    assert (len(objects), multimask, fmt) == (2, True, "png")
-    assert objects[0]["points"] is None and objects[1]["box"] is None
+    wire, multimask, fmt = _parse_and_check(b'{"points": [[3, 4]], "labels": [1]}')
+    assert (len(wire), multimask, fmt) == (1, False, "rle")
+    doc = {
+        "objects": [{"box": [0, 0, 5, 5]}, {"points": [[1, 1]], "labels": [0]}],
+        "multimask": True,
+        "format": "png",
+    }
+    wire, multimask, fmt = _parse_and_check(json.dumps(doc).encode(), (10, 20))
+    assert (len(wire), multimask, fmt) == (2, True, "png")
+    # the SDK's wire frame: box corners as labels 2, 3; x * 1024 / W, y * 1024 / H
+    np.testing.assert_array_equal(wire[0].labels, [2, 3])
+    np.testing.assert_allclose(wire[0].coords, [[0, 0], [256, 512]])
+    np.testing.assert_allclose(wire[1].coords, [[51.2, 102.4]], rtol=1e-6)
+    assert wire[1].labels.tolist() == [0]
 
 
 def test_segment_image_element_accepts_raw_base64_and_data_urls() -> None:
@@ -252,8 +251,79 @@ def test_segment_image_element_accepts_raw_base64_and_data_urls() -> None:
     assert image_bytes(b64) == raw
     assert image_bytes(b64[:20] + b"\n" + b64[20:]) == raw  # wrapped base64 (no -w0)
     assert image_bytes(b"data:image/png;base64," + b64) == raw
-    with pytest.raises(SegmentRequestError, match="empty"):
+    with pytest.raises(RequestError, match="empty"):
         image_bytes(b"")
+
+
+def _decode_inputs(**extra: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "image_id": np.array([b"0" * 64], object),
+        "point_coords": np.zeros((2, 1, 2), np.float32),
+        "point_labels": np.ones((2, 1), np.int32),
+        **extra,
+    }
+
+
+def test_session_decode_checks_multimask_output() -> None:
+    inputs = _decode_inputs(multimask_output=np.array([True]))
+    check_inputs("decode", inputs, max_images=4)
+    assert inputs["multimask_output"] is True and inputs["image_id"] == "0" * 64
+    inputs = _decode_inputs(multimask_output=np.array([False]))
+    check_inputs("decode", inputs, max_images=4)
+    assert inputs["multimask_output"] is False
+    with pytest.raises(RequestError, match="'multimask_output' must be one BOOL, got int32"):
+        check_inputs("decode", _decode_inputs(multimask_output=np.array([1], np.int32)), 4)
+    with pytest.raises(RequestError, match="exactly one id"):
+        check_inputs("decode", _decode_inputs(image_id=np.array([b"0" * 64] * 2, object)), 4)
+
+
+def test_segment_pipeline_is_the_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``segment()`` on a fake encoder/decoder: the masks are the SDK's select_masks and
+    postprocess of the decoder's tokens, each object in its place (two decoder calls: the
+    objects have 1, 2 and 1 points)."""
+    rng = np.random.default_rng(3)
+    calls: list[tuple[np.ndarray, np.ndarray]] = []
+    answers: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def fake_decode(features, fingerprint, chunk):
+        n = len(chunk.indices)
+        calls.append((chunk.indices, chunk.point_labels))
+        low = rng.normal(0, 3, (n, 4, 256, 256)).astype(np.float32)
+        answers.append((low, rng.random((n, 4), np.float32), rng.normal(size=(n, 1))))
+        return answers[-1]
+
+    wires: list[np.ndarray] = []
+
+    def fake_encode(wire: np.ndarray):
+        wires.append(wire)
+        return [], np.array([7, 9], np.int32)
+
+    model = segment.TritonPythonModel()
+    model._image_dtype = np.dtype(np.float32)
+    monkeypatch.setattr(model, "_encode", fake_encode)
+    monkeypatch.setattr(model, "_decode", fake_decode)
+    image = picture(2, 37, 53)
+    doc = {
+        "objects": [
+            {"points": [[10, 10]], "labels": [1]},
+            {"box": [1, 2, 40, 30]},
+            {"points": [[5, 5]], "labels": [0]},
+        ],
+        "multimask": False,
+    }
+    result = model.segment(png(image), json.dumps(doc).encode())
+    assert (result["width"], result["height"], result["model_fingerprint"]) == (53, 37, [7, 9])
+    want_wire = transforms.to_wire_image(transforms.load_image(png(image)))
+    np.testing.assert_array_equal(wires[0], want_wire[None])
+    assert [c[0].tolist() for c in calls] == [[0, 2], [1]]
+    for (indices, _), (low, iou, obj) in zip(calls, answers):
+        sel_low, sel_iou = transforms.select_masks(low, iou, False)
+        masks, _ = transforms.postprocess(sel_low, (37, 53), return_logits=False)
+        for row, i in enumerate(indices.tolist()):
+            got = result["objects"][i]
+            assert got["scores"] == [float(v) for v in sel_iou[row]]
+            assert got["object_score_logit"] == float(obj[row, 0])
+            np.testing.assert_array_equal(rle_decode(got["masks"][0]), masks[row, 0])
 
 
 def test_unknown_image_error_is_mapped_before_not_found() -> None:
@@ -372,38 +442,30 @@ def test_predictor_uses_sessions(triton_server) -> None:
 def test_a_click_carries_only_the_id_and_the_prompt() -> None:
     """What the session path sends per click: no features, no all-zero mask."""
     from sam2_triton import _wire
-    from sam2_triton._validate import plan_decode, validate_prompt
+    from sam2_triton.prompts import plan_decode, validate_prompt
 
     chunk = plan_decode([validate_prompt(PROMPTS[0], "p", (120, 180))], 64)[0]
     inputs = _wire.session_decode_inputs(grpcclient, "0" * 64, chunk)
-    assert [i.name() for i in inputs] == ["op", "image_id", "point_coords", "point_labels"]
+    names = [i.name() for i in inputs]
+    assert names[:4] == ["op", "image_id", "point_coords", "point_labels"]
+    assert set(names[4:]) <= {spec.SESSION_MULTIMASK}  # a one-byte flag at most
     assert sum(len(i._get_content() or b"") for i in inputs) < 200
-
-
-def test_the_client_computes_the_servers_image_id() -> None:
-    from sam2_triton import _wire
-
-    wire, hw = _wire_image(9)
-    assert _wire.session_image_id(wire, hw) == image_id(wire, hw)
 
 
 @pytest.mark.triton
 def test_session_requests_carry_the_routing_header(triton_server) -> None:
     """Every request about an image names it in a header a gateway can hash on."""
-    from sam2_triton_serve.session_measure import ByteCountingRelay
+    from sam2_triton_bench.wirebytes import CountingProxy
 
     host, port = triton_server.http_url.removeprefix("http://").rsplit(":", 1)
-    relay = ByteCountingRelay((host, int(port)), capture=True)
-    try:
-        with SAM2Client(f"127.0.0.1:{relay.port}", "http", timeout_s=T) as client:
+    with CountingProxy(host, int(port), capture=True) as relay:
+        with SAM2Client(relay.address, "http", timeout_s=T) as client:
             remote = client.encode(picture(1))
             client.decode(remote, PROMPTS[0])
         time.sleep(0.2)
         header = f"{spec.SESSION_ROUTING_HEADER}: {remote.image_id}".encode()
         infers = relay.captured.count(b"POST /v2/models/sam2_session/infer")
         assert infers == 2 and relay.captured.lower().count(header.lower()) == 2
-    finally:
-        relay.close()
 
 
 @pytest.mark.triton
@@ -583,12 +645,66 @@ def test_a_click_is_not_held_up_by_an_encode(triton_server) -> None:
             "INVALID_ARGUMENT",
             "labels outside",
         ),
+        (
+            {
+                "op": _op("features"),
+                "image_id": np.array([b"0" * 64], object),
+                "multimask_output": np.array([True]),
+            },
+            "INVALID_ARGUMENT",
+            "does not use input.*multimask_output",
+        ),
+        (
+            {
+                "op": _op("decode"),
+                "image_id": np.array([b"0" * 64], object),
+                "point_coords": np.zeros((1, 1, 2), np.float32),
+                "point_labels": np.ones((1, 1), np.int32),
+                "multimask_output": np.array([True, False]),
+            },
+            "INVALID_ARGUMENT",
+            "multimask_output",
+        ),
     ],
 )
 def test_bad_session_requests_get_clear_errors(triton_server, arrays, status, match) -> None:
     with pytest.raises(InferenceServerException, match=match) as info:
         _session_infer(triton_server, arrays)
     assert info.value.status() == f"StatusCode.{status}"
+
+
+@pytest.mark.triton
+def test_decode_with_multimask_output_returns_the_selected_tokens(triton_server) -> None:
+    """With ``multimask_output`` the session model answers select_masks of the four tokens the
+    same request gets without it (not clamped), and a smaller response."""
+    wire, hw = _wire_image(5)
+    encoded = _session_infer(
+        triton_server,
+        {"op": _op("encode"), "image": wire[None], "orig_hw": np.array([hw], np.int32)},
+    )
+    request = {
+        "op": _op("decode"),
+        "image_id": encoded.as_numpy("image_id"),
+        "point_coords": np.array(
+            [[[300.0, 200.0], [90.0, 700.0]], [[10.0, 20.0], [800.0, 1000.0]]], np.float32
+        ),
+        "point_labels": np.array([[1, 0], [2, 3]], np.int32),
+    }
+    names = [spec.LOW_RES_MASKS, spec.IOU_PREDICTIONS, spec.OBJECT_SCORE_LOGITS, spec.FINGERPRINT]
+    everything = _session_infer(triton_server, request, names)
+    low4, iou4 = everything.as_numpy(spec.LOW_RES_MASKS), everything.as_numpy(spec.IOU_PREDICTIONS)
+    assert low4.shape == (2, 4, 256, 256) and iou4.shape == (2, 4)
+    full_size = everything.get_response().ByteSize()
+    for multimask, tokens in ((True, 3), (False, 1)):
+        flag = np.array([multimask], dtype=bool)
+        got = _session_infer(triton_server, {**request, "multimask_output": flag}, names)
+        want_low, want_iou = transforms.select_masks(low4, iou4, multimask)
+        assert got.as_numpy(spec.LOW_RES_MASKS).shape == (2, tokens, 256, 256)
+        np.testing.assert_array_equal(got.as_numpy(spec.LOW_RES_MASKS), want_low)
+        np.testing.assert_array_equal(got.as_numpy(spec.IOU_PREDICTIONS), want_iou)
+        for name in (spec.OBJECT_SCORE_LOGITS, spec.FINGERPRINT):
+            np.testing.assert_array_equal(got.as_numpy(name), everything.as_numpy(name))
+        assert got.get_response().ByteSize() < full_size * (tokens + 0.1) / 4
 
 
 @pytest.mark.triton

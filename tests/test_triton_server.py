@@ -26,7 +26,7 @@ from sam2_triton_serve import repository
 from .triton_helpers import metric, metrics_text
 
 pytestmark = pytest.mark.triton
-CLI = [sys.executable, "-m", "sam2_triton.cli"]
+CLI = [sys.executable, "-m", "sam2_triton_app.cli"]
 
 
 def _client(server, protocol: str):

@@ -18,18 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from sam2_triton import _validate, _wire, spec
+from sam2_triton import spec, transforms
+from sam2_triton.prompts import plan_decode, validate_prompt
 from sam2_triton.types import ImageEmbedding, Prediction, Prompt
-
-
-class _Result:
-    """A dict of output arrays with the ``as_numpy`` of tritonclient's results."""
-
-    def __init__(self, outputs: dict[str, np.ndarray]) -> None:
-        self._outputs = outputs
-
-    def as_numpy(self, name: str) -> np.ndarray | None:
-        return self._outputs.get(name)
 
 
 def _providers() -> list[str]:
@@ -56,40 +47,82 @@ class InProcessORT:
         options.log_severity_level = 3
         self.providers = _providers()
         self.encoder = ort.InferenceSession(
-            str(repository.model_file(repo, spec.ENCODER_MODEL)), options, providers=self.providers)
+            str(repository.model_file(repo, spec.ENCODER_MODEL)), options, providers=self.providers
+        )
         self.decoder = ort.InferenceSession(
-            str(repository.model_file(repo, spec.DECODER_MODEL)), options, providers=self.providers)
+            str(repository.model_file(repo, spec.DECODER_MODEL)), options, providers=self.providers
+        )
         self._enc_outputs = [o.name for o in self.encoder.get_outputs()]
         self._dec_outputs = [o.name for o in self.decoder.get_outputs()]
         self.image_dtype = np.dtype(
-            {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-             "tensor(uint8)": np.uint8}[self.encoder.get_inputs()[0].type])
+            {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}[
+                self.encoder.get_inputs()[0].type
+            ]
+        )
 
     def encode(self, image: Any) -> ImageEmbedding:
         """What ``SAM2Client.encode`` computes, without the server."""
-        image01 = _wire.load_image01(image)
-        wire = _wire.to_wire_image(image01, self.image_dtype)
-        outs = dict(zip(self._enc_outputs,
-                        self.encoder.run(self._enc_outputs, {spec.ENCODER_IMAGE: wire[None]})))
-        return ImageEmbedding(**{n: outs[n] for n in spec.FEATURE_NAMES},
-                              orig_hw=image01.shape[:2], fingerprint=outs[spec.FINGERPRINT][0])
+        image01 = transforms.load_image(image)
+        wire = transforms.to_wire_image(image01, self.image_dtype)
+        outs = dict(
+            zip(
+                self._enc_outputs,
+                self.encoder.run(self._enc_outputs, {spec.ENCODER_IMAGE: wire[None]}),
+            )
+        )
+        return ImageEmbedding(
+            **{n: outs[n] for n in spec.FEATURE_NAMES},
+            orig_hw=image01.shape[:2],
+            fingerprint=outs[spec.FINGERPRINT][0],
+        )
 
-    def decode(self, embedding: ImageEmbedding, prompt: Prompt, multimask_output: bool = True,
-               ) -> tuple[Prediction, float]:
+    def decode(
+        self,
+        embedding: ImageEmbedding,
+        prompt: Prompt,
+        multimask_output: bool = True,
+    ) -> tuple[Prediction, float]:
         """What ``SAM2Client.decode`` computes for one prompt, without the server; also returns
         the seconds of the decoder's ``session.run`` alone."""
-        wire = [_validate.validate_prompt(prompt, "prompt", embedding.orig_hw)]
-        (chunk,) = _validate.plan_decode(wire, 64)
+        wire = [validate_prompt(prompt, "prompt", embedding.orig_hw)]
+        (chunk,) = plan_decode(wire, 64)
         feeds = {n: np.ascontiguousarray(a) for n, a in embedding.features().items()}
-        feeds.update({spec.POINT_COORDS: chunk.point_coords, spec.POINT_LABELS: chunk.point_labels,
-                      spec.MASK_INPUT: chunk.mask_input, spec.HAS_MASK_INPUT: chunk.has_mask_input})
+        feeds.update(
+            {
+                spec.POINT_COORDS: chunk.point_coords,
+                spec.POINT_LABELS: chunk.point_labels,
+                spec.MASK_INPUT: chunk.mask_input,
+                spec.HAS_MASK_INPUT: chunk.has_mask_input,
+            }
+        )
         start = time.perf_counter()
         outs = self.decoder.run(self._dec_outputs, feeds)
         run_s = time.perf_counter() - start
-        result = _Result(dict(zip(self._dec_outputs, outs)))
-        (pred,) = _wire.parse_decoder_result(result, 1, embedding, spec.DECODER_MODEL,
-                                             multimask_output, False, spec.MASK_THRESHOLD)
-        return pred, run_s
+        return _prediction(dict(zip(self._dec_outputs, outs)), embedding, multimask_output), run_s
+
+
+def _prediction(
+    outs: dict[str, np.ndarray], embedding: ImageEmbedding, multimask_output: bool
+) -> Prediction:
+    """One prompt's decoder outputs -> a ``Prediction``, with the SDK's public mask steps
+    (``transforms.select_masks`` + ``postprocess``), as ``SAM2Client.decode`` builds it."""
+    if not np.array_equal(
+        np.asarray(outs[spec.FINGERPRINT]).reshape(-1), embedding.fingerprint.reshape(-1)
+    ):
+        raise ValueError("the embedding was computed by other weights than this decoder's")
+    low_res = outs[spec.LOW_RES_MASKS].astype(np.float32, copy=False)
+    iou = outs[spec.IOU_PREDICTIONS].astype(np.float32)
+    obj = outs[spec.OBJECT_SCORE_LOGITS].astype(np.float32).reshape(-1)
+    sel_low, sel_iou = transforms.select_masks(low_res, iou, multimask_output)
+    masks, low_clamped = transforms.postprocess(
+        sel_low, embedding.orig_hw, False, mask_threshold=spec.MASK_THRESHOLD
+    )
+    return Prediction(
+        masks=masks[0],
+        scores=np.asarray(sel_iou[0], dtype=np.float32),
+        low_res_logits=np.asarray(low_clamped[0], dtype=np.float32),
+        object_score_logits=float(obj[0]),
+    )
 
 
 class Sam2Predictor:
@@ -110,8 +143,9 @@ class Sam2Predictor:
             state_dict = checkpoints.load_state_dict(Path(weights["path"]))
         with warnings.catch_warnings():  # torch.jit deprecation noise from sam2's imports
             warnings.simplefilter("ignore")
-            model = checkpoints.build_model(manifest["variant"], state_dict,
-                                            seed=weights.get("seed", 0))
+            model = checkpoints.build_model(
+                manifest["variant"], state_dict, seed=weights.get("seed", 0)
+            )
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         model = model.to(self.device).eval()
         self.predictor = SAM2ImagePredictor(model)
@@ -123,6 +157,8 @@ class Sam2Predictor:
 
     def predict(self, point: tuple[float, float], multimask_output: bool = True) -> np.ndarray:
         masks, _, _ = self.predictor.predict(
-            point_coords=np.array([point], dtype=np.float32), point_labels=np.array([1]),
-            multimask_output=multimask_output)
+            point_coords=np.array([point], dtype=np.float32),
+            point_labels=np.array([1]),
+            multimask_output=multimask_output,
+        )
         return masks

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,75 +34,165 @@ def _skip(text: str) -> list[str]:
     bad = [t for t in items if t not in SKIPPABLE]
     if bad:
         raise argparse.ArgumentTypeError(
-            f"unknown section(s) {bad}; choose from {', '.join(SKIPPABLE)}")
+            f"unknown section(s) {bad}; choose from {', '.join(SKIPPABLE)}"
+        )
     return items
+
+
+def _only(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in SECTIONS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}"
+        )
+    return items
+
+
+#: where ``--only`` runs write without ``--output-dir`` (never over docs/benchmarks.md)
+PARTIAL_OUTPUT_DIR = Path(tempfile.gettempdir()) / "sam2-triton-bench"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``bench`` options on ``parser``."""
-    parser.add_argument("--variant", default="tiny",
-                        choices=("tiny", "small", "base_plus", "large"),
-                        help="SAM 2.1 size to export and serve (default: tiny)")
-    parser.add_argument("--url", default=None,
-                        help="benchmark this existing server (host:port) instead of starting "
-                             "the local Triton (e.g. a GPU host's docker compose)")
-    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
-                        help="protocol of --url (default grpc); the other one is used too when "
-                             "--url is on Triton's default port")
+    parser.add_argument(
+        "--variant",
+        default="tiny",
+        choices=("tiny", "small", "base_plus", "large"),
+        help="SAM 2.1 size to export and serve (default: tiny)",
+    )
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="benchmark this existing server (host:port) instead of starting "
+        "the local Triton (e.g. a GPU host's docker compose)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="protocol of --url (default grpc); the other one is used too when "
+        "--url is on Triton's default port",
+    )
     parser.add_argument("--http-url", default=None, help="HTTP endpoint of --url's server")
     parser.add_argument("--grpc-url", default=None, help="gRPC endpoint of --url's server")
-    parser.add_argument("--metrics-url", default=None,
-                        help="metrics endpoint (http://host:8002) of --url's server")
-    parser.add_argument("--admin-key", default=os.environ.get("SAM2_TRITON_ADMIN_KEY"),
-                        help="docker compose admin key (restricted shared-memory/config APIs); "
-                             "default $SAM2_TRITON_ADMIN_KEY")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="rounds of the slow measurements (default 5, 1 with --quick); "
-                             "click latency uses 20x as many")
-    parser.add_argument("--quick", action="store_true",
-                        help="short run (~2 min): fewer rounds, concurrency 1-2, N up to 16")
-    parser.add_argument("--output-dir", type=Path, default=Path("docs"),
-                        help="where benchmarks.md, benchmarks.json and img/ go (default docs)")
-    parser.add_argument("--model-repository", default=None,
-                        help="an existing FP32 export to serve and to run in-process (default: "
-                             "export into --work-dir; with --url: only for the baselines)")
-    parser.add_argument("--fp16-repository", default=None,
-                        help="an existing --embedding-dtype fp16 export (default: export one)")
-    parser.add_argument("--work-dir", default=None,
-                        help="where exports are cached (default $SAM2_TRITON_CACHE/bench or "
-                             "~/.cache/sam2-triton/bench)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="SAM 2.1 checkpoint to export (default: random weights, seed "
-                             "--seed; speed does not depend on the weights)")
+    parser.add_argument(
+        "--metrics-url", default=None, help="metrics endpoint (http://host:8002) of --url's server"
+    )
+    parser.add_argument(
+        "--admin-key",
+        default=os.environ.get("SAM2_TRITON_ADMIN_KEY"),
+        help="docker compose admin key (restricted shared-memory/config APIs); "
+        "default $SAM2_TRITON_ADMIN_KEY",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="rounds of the slow measurements (default 5, 1 with --quick); "
+        "click latency uses 20x as many",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short run (~2 min): fewer rounds, concurrency 1-2, N up to 16",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where benchmarks.md, benchmarks.json and img/ go (default docs; "
+        f"with --only: {PARTIAL_OUTPUT_DIR})",
+    )
+    parser.add_argument(
+        "--model-repository",
+        default=None,
+        help="an existing FP32 export to serve and to run in-process (default: "
+        "export into --work-dir; with --url: only for the baselines)",
+    )
+    parser.add_argument(
+        "--fp16-repository",
+        default=None,
+        help="an existing --embedding-dtype fp16 export (default: export one)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="where exports are cached (default $SAM2_TRITON_CACHE/bench or "
+        "~/.cache/sam2-triton/bench)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="SAM 2.1 checkpoint to export (default: random weights, seed "
+        "--seed; speed does not depend on the weights)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=_image_size, default=(1200, 1800),
-                        metavar="HxW", help="benchmark image size (default 1200x1800)")
-    parser.add_argument("--skip", type=_skip, default=[],
-                        help=f"comma-separated: {', '.join(SKIPPABLE)} ('sam2' skips the "
-                             "PyTorch baseline, 'http' the HTTP variants)")
+    parser.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=(1200, 1800),
+        metavar="HxW",
+        help="benchmark image size (default 1200x1800)",
+    )
+    parser.add_argument(
+        "--skip",
+        type=_skip,
+        default=[],
+        help=f"comma-separated: {', '.join(SKIPPABLE)} ('sam2' skips the "
+        "PyTorch baseline, 'http' the HTTP variants)",
+    )
+    parser.add_argument(
+        "--only",
+        type=_only,
+        default=None,
+        metavar="SECTIONS",
+        help="comma-separated sections to run, every other one skipped; e.g. "
+        "the click comparison alone, quickly: --quick --only click "
+        "--skip sam2,http --image-size 480x640",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; write the JSON, the Markdown report and the plots."""
     log = Progress()
+    if getattr(args, "only", None):
+        args.skip = [
+            *args.skip,
+            *(s for s in SECTIONS if s not in args.only and s not in args.skip),
+        ]
+    if getattr(args, "output_dir", None) is None:
+        args.output_dir = PARTIAL_OUTPUT_DIR if getattr(args, "only", None) else Path("docs")
     plan = Plan.make(args.quick, args.repeats)
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
-    weights = (f"checkpoint {args.checkpoint}" if args.checkpoint
-               else f"random weights (seed {args.seed}; speed does not depend on the weights)")
+    weights = (
+        f"checkpoint {args.checkpoint}"
+        if args.checkpoint
+        else f"random weights (seed {args.seed}; speed does not depend on the weights)"
+    )
     results: dict = {
         "schema": 1,
         "started": started.isoformat(timespec="seconds"),
-        "config": {"variant": args.variant, "url": args.url, "protocol": args.protocol,
-                   "repeats": plan.repeats, "quick": plan.quick,
-                   "image_size": list(args.image_size), "skip": list(args.skip),
-                   "weights": weights, "plan": plan.__dict__},
+        "config": {
+            "variant": args.variant,
+            "url": args.url,
+            "protocol": args.protocol,
+            "repeats": plan.repeats,
+            "quick": plan.quick,
+            "image_size": list(args.image_size),
+            "skip": list(args.skip),
+            "weights": weights,
+            "plan": plan.__dict__,
+        },
         "machine": machine.describe(),
         "sections": {},
     }
-    log(f"sam2-triton bench: {'quick' if plan.quick else 'full'} run, variant {args.variant}, "
+    log(
+        f"sam2-triton bench: {'quick' if plan.quick else 'full'} run, variant {args.variant}, "
         f"{'server ' + args.url if args.url else 'local tritonserver'}; sections "
-        f"{', '.join(s for s in SECTIONS if s not in args.skip)}")
+        f"{', '.join(s for s in SECTIONS if s not in args.skip)}"
+    )
     bench = Bench(args, plan, log)
     code = 0
     try:
@@ -131,8 +222,10 @@ def run(args: argparse.Namespace) -> int:
     plots = report.make_plots(results, out_dir / "img")
     (out_dir / JSON_NAME).write_text(json.dumps(results, indent=1, default=str) + "\n")
     (out_dir / MD_NAME).write_text(report.render(results, plots, JSON_NAME))
-    log(f"wrote {out_dir / MD_NAME}, {out_dir / JSON_NAME} and {len(plots)} plots in "
-        f"{out_dir / 'img'} ({results['duration_s']:.0f} s)")
+    log(
+        f"wrote {out_dir / MD_NAME}, {out_dir / JSON_NAME} and {len(plots)} plots in "
+        f"{out_dir / 'img'} ({results['duration_s']:.0f} s)"
+    )
     for t in results["targets"]:
         state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         value = "–" if t["measured"] is None else f"{t['measured']:.3f}"

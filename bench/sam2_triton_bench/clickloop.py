@@ -23,7 +23,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from sam2_triton import Prompt, SAM2Client
-    from sam2_triton.demo import sample_image
+    from sam2_triton.samples import sample_image
 
     h, w = (int(v) for v in args.image_size.lower().split("x"))
     headers = dict(item.split("=", 1) for item in args.header) or None

@@ -10,8 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGES = ("sam2-triton", "numpy", "pillow", "tritonclient", "grpcio", "protobuf",
-            "onnxruntime", "onnx", "torch", "sam2", "nvidia-pytriton")
+PACKAGES = (
+    "sam2-triton",
+    "numpy",
+    "pillow",
+    "tritonclient",
+    "grpcio",
+    "protobuf",
+    "onnxruntime",
+    "onnx",
+    "torch",
+    "sam2",
+    "nvidia-pytriton",
+)
 
 
 def _cpu_model() -> str:
@@ -49,7 +60,11 @@ def gpus() -> list[dict]:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True).stdout
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     rows = []

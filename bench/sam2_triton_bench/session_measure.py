@@ -16,7 +16,7 @@ size). Bytes per click are counted on the wire (request and response, HTTP/1.1 t
 counting TCP relay, headers included) in a separate pass, so the relay does not slow the
 timed clicks.
 
-``python -m sam2_triton_serve.session_measure --model-repository REPO`` starts the local Triton
+``python -m sam2_triton_bench.session_measure --model-repository REPO`` starts the local Triton
 on an exported repository and prints the result as JSON and as a Markdown table.
 """
 
@@ -28,7 +28,6 @@ import logging
 import os
 import socket
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,67 +38,9 @@ import numpy as np
 
 from sam2_triton import spec
 
+from .wirebytes import CountingProxy
+
 LOGGER = logging.getLogger(__name__)
-
-
-class ByteCountingRelay:
-    """A loopback TCP relay to ``target`` that counts the bytes sent each way (thread-safe).
-
-    ``capture=True`` also keeps every byte sent to the server in ``captured`` (for tests that
-    look at request headers).
-    """
-
-    def __init__(self, target: tuple[str, int], capture: bool = False) -> None:
-        self.target = target
-        self.up = 0  # client -> server
-        self.down = 0  # server -> client
-        self.captured = bytearray()
-        self._capture = capture
-        self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.port = self._sock.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def reset(self) -> None:
-        with self._lock:
-            self.up = self.down = 0
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            for src, dst, up in ((client, server, True), (server, client, False)):
-                threading.Thread(target=self._pump, args=(src, dst, up), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
-        try:
-            while data := src.recv(1 << 20):
-                with self._lock:
-                    if up:
-                        self.up += len(data)
-                        if self._capture:
-                            self.captured += data
-                    else:
-                        self.down += len(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._closed = True
-        self._sock.close()
 
 
 @dataclass
@@ -190,8 +131,10 @@ def measure(
     import onnxruntime as ort
     import tritonclient.grpc as grpcclient
 
-    from sam2_triton import Prompt, SAM2Client, _wire, transforms
-    from sam2_triton._validate import plan_decode, validate_prompt
+    from sam2_triton import Prompt, SAM2Client, transforms
+    from sam2_triton.prompts import plan_decode, validate_prompt
+
+    from . import tensors
 
     h, w = image_hw
     image = _picture(h, w)
@@ -209,9 +152,12 @@ def measure(
         remote = session_client.encode(image)
         local = features_client.encode(image)
         chunks = [plan_decode([validate_prompt(p, "p", (h, w))], 64)[0] for p in prompts]
-        features = _wire.decoder_features(local, np.dtype(np.float32))
-        feature_inputs = [_wire.data_input(grpcclient, n, a) for n, a in features.items()]
-        outputs = _wire.requested_outputs(grpcclient, _wire.DECODER_OUTPUTS)
+        features = {n: np.ascontiguousarray(a, np.float32) for n, a in local.features().items()}
+        feature_inputs = [tensors.tensor_input(grpcclient, n, a) for n, a in features.items()]
+        outputs = tensors.outputs(grpcclient, tensors.DECODER_OUTPUTS)
+        # as the SDK does: ask for the selected mask tokens only where the model can select them
+        selects = spec.SESSION_MULTIMASK in tensors.model_input_names(raw, spec.SESSION_MODEL)
+        multimask = True if selects else None
 
         def in_process(chunk: Any) -> list[np.ndarray]:
             return decoder.run(
@@ -233,14 +179,14 @@ def measure(
         def session_request(chunk: Any) -> None:
             raw.infer(
                 spec.SESSION_MODEL,
-                _wire.session_decode_inputs(grpcclient, remote.image_id, chunk),
+                tensors.session_decode_inputs(grpcclient, remote.image_id, chunk, multimask),
                 outputs=outputs,
             )
 
         def features_request(chunk: Any) -> None:
             raw.infer(
                 spec.DECODER_MODEL,
-                [*feature_inputs, *_wire.chunk_inputs(grpcclient, chunk)],
+                [*feature_inputs, *tensors.chunk_inputs(grpcclient, chunk)],
                 outputs=outputs,
             )
 
@@ -296,12 +242,11 @@ def _wire_bytes(
     from sam2_triton import SAM2Client
 
     host, port = http_url.removeprefix("http://").rsplit(":", 1)
-    relay = ByteCountingRelay((host, int(port)))
-    try:
+    with CountingProxy(host.strip("[]"), int(port)) as relay:
         out = []
         for use_sessions, emb in ((True, remote), (False, local)):
             with SAM2Client(
-                f"127.0.0.1:{relay.port}", "http", use_sessions=use_sessions, timeout_s=600
+                relay.address, "http", use_sessions=use_sessions, timeout_s=600
             ) as client:
                 client.decode(emb, prompts[0])  # connection set up, metadata read
                 ups, downs = [], []
@@ -309,17 +254,16 @@ def _wire_bytes(
                     relay.reset()
                     client.decode(emb, prompts[i])
                     time.sleep(0.05)  # let the relay threads finish counting
-                    ups.append(relay.up)
-                    downs.append(relay.down)
+                    up, down = relay.counts()
+                    ups.append(up)
+                    downs.append(down)
             out.append((int(_median(ups)), int(_median(downs))))
         return out[0], out[1]
-    finally:
-        relay.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Start the local Triton on an exported repository, measure, print JSON and Markdown."""
-    from .launcher import LocalTritonServer
+    from sam2_triton_serve.launcher import LocalTritonServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))

@@ -50,8 +50,7 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> dict | None:
     if n == 0:
         return None
     r = np.asarray(a[:n], dtype=np.float64) / np.asarray(b[:n], dtype=np.float64)
-    return {"n": n, "median": float(np.median(r)), "p5": percentile(r, 5),
-            "p95": percentile(r, 95)}
+    return {"n": n, "median": float(np.median(r)), "p5": percentile(r, 5), "p95": percentile(r, 95)}
 
 
 @dataclass

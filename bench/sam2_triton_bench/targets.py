@@ -54,25 +54,33 @@ def read_manifest(repo: Path) -> dict | None:
 
 
 def has_models(repo: Path) -> bool:
-    return all((repo / m / "1" / "model.onnx").is_file()
-               for m in (spec.ENCODER_MODEL, spec.DECODER_MODEL))
+    return all(
+        (repo / m / "1" / "model.onnx").is_file() for m in (spec.ENCODER_MODEL, spec.DECODER_MODEL)
+    )
 
 
-def _matches(manifest: dict | None, variant: str, feature_dtype: str, checkpoint: Path | None,
-             seed: int) -> bool:
+def _matches(
+    manifest: dict | None, variant: str, feature_dtype: str, checkpoint: Path | None, seed: int
+) -> bool:
     if not manifest:
         return False
     w = manifest.get("weights", {})
     same_weights = (w.get("random") and checkpoint is None and w.get("seed") == seed) or (
-        not w.get("random") and checkpoint is not None
-        and Path(w.get("path", "")).resolve() == checkpoint.resolve())
-    return bool(same_weights and manifest.get("variant") == variant
-                and manifest.get("feature_dtype") == feature_dtype
-                and manifest.get("image_dtype") == "float32")
+        not w.get("random")
+        and checkpoint is not None
+        and Path(w.get("path", "")).resolve() == checkpoint.resolve()
+    )
+    return bool(
+        same_weights
+        and manifest.get("variant") == variant
+        and manifest.get("feature_dtype") == feature_dtype
+        and manifest.get("image_dtype") == "float32"
+    )
 
 
-def ensure_export(work_dir: Path, variant: str, embedding_dtype: str, checkpoint: Path | None,
-                  seed: int, log) -> Path:
+def ensure_export(
+    work_dir: Path, variant: str, embedding_dtype: str, checkpoint: Path | None, seed: int, log
+) -> Path:
     """An export of ``variant`` with ``--embedding-dtype embedding_dtype`` in ``work_dir``,
     reused when a previous run left a matching one there (same variant, weights, dtypes)."""
     feature_dtype = {"fp32": "float32", "fp16": "float16"}[embedding_dtype]
@@ -81,10 +89,24 @@ def ensure_export(work_dir: Path, variant: str, embedding_dtype: str, checkpoint
     if has_models(repo) and _matches(read_manifest(repo), variant, feature_dtype, checkpoint, seed):
         log(f"reusing the {embedding_dtype} export in {repo}")
         return repo
-    weights = (["--random-weights", "--seed", str(seed)] if checkpoint is None
-               else ["--checkpoint", str(checkpoint)])
-    cmd = [sys.executable, "-m", "sam2_triton.cli", "export", "--variant", variant, *weights,
-           "--embedding-dtype", embedding_dtype, "--output", str(repo)]
+    weights = (
+        ["--random-weights", "--seed", str(seed)]
+        if checkpoint is None
+        else ["--checkpoint", str(checkpoint)]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "sam2_triton_app.cli",  # `sam2-triton export`
+        "export",
+        "--variant",
+        variant,
+        *weights,
+        "--embedding-dtype",
+        embedding_dtype,
+        "--output",
+        str(repo),
+    ]
     log(f"exporting {variant} ({embedding_dtype} features) into {repo} (cached for later runs)")
     repo.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -103,6 +125,7 @@ class Models:
     encoder_fp16: str | None = None
     decoder_fp16: str | None = None
     session: str | None = None  # HOOK (sessions): the server-side feature-session model
+    session_error: str | None = None  # why the bench repository has no session model
 
 
 @dataclass
@@ -136,8 +159,9 @@ def _options(manifest: dict | None):
     from sam2_triton_serve import repository
 
     m = manifest or {}
-    return repository.RepositoryOptions(image_dtype=m.get("image_dtype", "float32"),
-                                        feature_dtype=m.get("feature_dtype", "float32"))
+    return repository.RepositoryOptions(
+        image_dtype=m.get("image_dtype", "float32"), feature_dtype=m.get("feature_dtype", "float32")
+    )
 
 
 def build_bench_repository(fp32_repo: Path, fp16_repo: Path | None, dst: Path) -> Models:
@@ -156,12 +180,24 @@ def build_bench_repository(fp32_repo: Path, fp16_repo: Path | None, dst: Path) -
     models.encoder_nobatch = ENCODER_NOBATCH
     if fp16_repo is not None:
         o16 = _options(read_manifest(fp16_repo))
-        _write_model(dst, ENCODER_FP16, repository.encoder_config("cpu", o16),
-                     repository.model_file(fp16_repo, spec.ENCODER_MODEL))
-        _write_model(dst, DECODER_FP16, repository.decoder_config("cpu", o16),
-                     repository.model_file(fp16_repo, spec.DECODER_MODEL))
+        _write_model(
+            dst,
+            ENCODER_FP16,
+            repository.encoder_config("cpu", o16),
+            repository.model_file(fp16_repo, spec.ENCODER_MODEL),
+        )
+        _write_model(
+            dst,
+            DECODER_FP16,
+            repository.decoder_config("cpu", o16),
+            repository.model_file(fp16_repo, spec.DECODER_MODEL),
+        )
         models.encoder_fp16, models.decoder_fp16 = ENCODER_FP16, DECODER_FP16
-    models.session = _add_session_model(fp32_repo, dst)
+    try:
+        models.session = _add_session_model(fp32_repo, dst)
+    except Exception as exc:  # noqa: BLE001 - the session model is optional for the benchmark
+        shutil.rmtree(dst / spec.SESSION_MODEL, ignore_errors=True)
+        models.session_error = f"cannot generate {spec.SESSION_MODEL}: {type(exc).__name__}: {exc}"
     return models
 
 
@@ -170,21 +206,25 @@ def _add_session_model(fp32_repo: Path, dst: Path) -> str | None:
 
     The session model (features held on the server, a click carries an image id) calls
     ``sam2_encoder``/``sam2_decoder`` through BLS; its config and ``model.py`` come from
-    ``sam2_triton_serve.repository`` (``session_config``, ``bls_model_source``). Returns its
-    name, or None when the repository module has no session model.
+    ``sam2_triton_serve.repository`` (``session_config``; ``model_shim``, the ``1/model.py``
+    that imports the model from ``sam2_triton_server``). Returns its name, or None when the
+    repository module has no session model.
     """
     from sam2_triton_serve import repository
 
     name = getattr(spec, "SESSION_MODEL", None)
-    if name is None or not hasattr(repository, "session_config") \
-            or not hasattr(repository, "bls_model_source"):
+    source = getattr(repository, "model_shim", None) or getattr(
+        repository, "bls_model_source", None
+    )
+    if name is None or not hasattr(repository, "session_config") or source is None:
         return None
     opts = _options(read_manifest(fp32_repo))
     version = dst / name / "1"
     version.mkdir(parents=True)
     (dst / name / "config.pbtxt").write_text(
-        repository.render(repository.session_config("cpu", opts)))
-    (version / "model.py").write_text(repository.bls_model_source(name))
+        repository.render(repository.session_config("cpu", opts))
+    )
+    (version / "model.py").write_text(source(name))
     return name
 
 
@@ -201,14 +241,24 @@ class LocalServer:
         self.models = build_bench_repository(fp32_repo, fp16_repo, self.repo)
         self.log = log
         self.server = None
-        self.session_error: str | None = None
+        self.session_error: str | None = self.models.session_error
         self.stop_seconds: float | None = None
         self.stop_log_tail: list[str] | None = None
 
     def required(self) -> list[str]:
         m = self.models
-        return [n for n in (m.encoder, m.decoder, m.encoder_nobatch, m.encoder_fp16,
-                            m.decoder_fp16, m.session) if n]
+        return [
+            n
+            for n in (
+                m.encoder,
+                m.decoder,
+                m.encoder_nobatch,
+                m.encoder_fp16,
+                m.decoder_fp16,
+                m.session,
+            )
+            if n
+        ]
 
     def start(self) -> Endpoints:
         from sam2_triton_serve.errors import ModelLoadError, ServerStartTimeoutError
@@ -216,14 +266,21 @@ class LocalServer:
 
         while True:
             self.server = LocalTritonServer(
-                self.repo, model_config_name=None, http_port=0, grpc_port=0, metrics_port=0,
+                self.repo,
+                model_config_name=None,
+                http_port=0,
+                grpc_port=0,
+                metrics_port=0,
                 required_models=[m for m in self.required() if m != self.models.session],
                 log_path=self._tmp / "tritonserver.log",
                 # nothing is in flight when the benchmark stops the server: do not wait 30 s
                 # for idle keep-alive connections
-                extra_args=["--exit-timeout-secs=5"])
-            self.log(f"starting the local tritonserver with {len(self.required())} models "
-                     f"({', '.join(self.required())})")
+                extra_args=["--exit-timeout-secs=5"],
+            )
+            self.log(
+                f"starting the local tritonserver with {len(self.required())} models "
+                f"({', '.join(self.required())})"
+            )
             try:
                 self.server.start()
                 break
@@ -233,8 +290,9 @@ class LocalServer:
                     raise
                 # HOOK (sessions): the session model is optional for the benchmark
                 self.session_error = str(exc).splitlines()[0]
-                self.log(f"the session model did not load ({self.session_error}); "
-                         "running without it")
+                self.log(
+                    f"the session model did not load ({self.session_error}); running without it"
+                )
                 drop_model(self.repo, session)
                 self.models.session = None
         self.log(f"tritonserver ready in {self.server.start_seconds:.1f} s")
@@ -242,9 +300,11 @@ class LocalServer:
             grpc_url=self.server.grpc_url,
             http_url=self.server.http_url.removeprefix("http://"),
             metrics_url=self.server.metrics_url,
-            primary="grpc", same_host=True,
+            primary="grpc",
+            same_host=True,
             description="local tritonserver (nvidia-pytriton wheel, CPU flavour, python "
-                        "backend running onnxruntime), started by the benchmark")
+            "backend running onnxruntime), started by the benchmark",
+        )
 
     @property
     def start_seconds(self) -> float | None:
@@ -273,8 +333,14 @@ def _split(url: str) -> tuple[str, int | None]:
         return url, None
 
 
-def remote_endpoints(url: str, protocol: str, http_url: str | None, grpc_url: str | None,
-                     metrics_url: str | None, admin_key: str | None) -> Endpoints:
+def remote_endpoints(
+    url: str,
+    protocol: str,
+    http_url: str | None,
+    grpc_url: str | None,
+    metrics_url: str | None,
+    admin_key: str | None,
+) -> Endpoints:
     """Endpoints of an existing server (docker compose on a GPU host, ``sam2-triton serve``).
 
     The other protocol's URL defaults to the same host on Triton's default port (8000 HTTP,
@@ -293,9 +359,17 @@ def remote_endpoints(url: str, protocol: str, http_url: str | None, grpc_url: st
         metrics_url = f"http://{host}:8002"
     headers: dict[str, dict[str, str]] = {"grpc": {}, "http": {}}
     if admin_key:  # docker compose restricts shared-memory and model-config APIs (SETUP.md)
-        headers = {"http": {"admin-key": admin_key},
-                   "grpc": {"triton-grpc-protocol-admin-key": admin_key}}
+        headers = {
+            "http": {"admin-key": admin_key},
+            "grpc": {"triton-grpc-protocol-admin-key": admin_key},
+        }
     same_host = host in ("localhost", "127.0.0.1", "::1", "[::1]")
-    return Endpoints(grpc_url=grpc_url, http_url=http_url, metrics_url=metrics_url,
-                     primary=protocol, same_host=same_host, headers=headers,
-                     description=f"existing server at {url} ({protocol})")
+    return Endpoints(
+        grpc_url=grpc_url,
+        http_url=http_url,
+        metrics_url=metrics_url,
+        primary=protocol,
+        same_host=same_host,
+        headers=headers,
+        description=f"existing server at {url} ({protocol})",
+    )

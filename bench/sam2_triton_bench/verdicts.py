@@ -32,20 +32,33 @@ def evaluate(results: dict) -> list[dict[str, Any]]:
     proto = enc.get("protocol", "grpc")
     served, ort = _median(enc, f"Triton {proto}"), _median(enc, "onnxruntime in-process")
     r = _ratio(served, ort) if _ok(enc) else None
-    out.append({
-        "id": "encoder_overhead", "what": f"encoder through Triton ({proto}) / in-process "
-        "onnxruntime (same ONNX, same preprocessing), median latency",
-        "target": "<= 1.10", "limit": 1.10, "measured": r,
-        "paired": _paired(enc, "paired_vs_onnxruntime", f"Triton {proto}"),
-        "detail": (f"{served:.2f} s vs {ort:.2f} s" if r is not None else None)})
+    out.append(
+        {
+            "id": "encoder_overhead",
+            "what": f"encoder through Triton ({proto}) / in-process "
+            "onnxruntime (same ONNX, same preprocessing), median latency",
+            "target": "<= 1.10",
+            "limit": 1.10,
+            "measured": r,
+            "paired": _paired(enc, "paired_vs_onnxruntime", f"Triton {proto}"),
+            "detail": (f"{served:.2f} s vs {ort:.2f} s" if r is not None else None),
+        }
+    )
 
     hit = _median(enc, f"Triton {proto}, response-cache hit")
     r = _ratio(hit, served) if _ok(enc) else None
-    out.append({
-        "id": "cache_hit", "what": "encoder response-cache hit / miss (same client call, the "
-        "same image sent again), median latency", "target": "<= 0.05", "limit": 0.05,
-        "measured": r, "paired": (enc.get("paired_hit_vs_miss") or {}).get("median"),
-        "detail": (f"{hit * 1e3:.0f} ms vs {served:.2f} s" if r is not None else None)})
+    out.append(
+        {
+            "id": "cache_hit",
+            "what": "encoder response-cache hit / miss (same client call, the "
+            "same image sent again), median latency",
+            "target": "<= 0.05",
+            "limit": 0.05,
+            "measured": r,
+            "paired": (enc.get("paired_hit_vs_miss") or {}).get("median"),
+            "detail": (f"{hit * 1e3:.0f} ms vs {served:.2f} s" if r is not None else None),
+        }
+    )
 
     click = s.get("click") or {}
     base = _median(click, "onnxruntime in-process (decoder + masks)")
@@ -55,23 +68,36 @@ def evaluate(results: dict) -> list[dict[str, Any]]:
             name = "Triton http" + (" + system shm" if shm else "")
         v = _median(click, name)
         r = _ratio(v, base) if _ok(click) else None
-        out.append({
-            "id": tid, "what": f"click latency, {name.removeprefix('Triton ')} / in-process "
-            "onnxruntime decoder + the same mask postprocessing, median",
-            "target": f"<= {limit}", "limit": limit, "measured": r,
-            "paired": _paired(click, "paired_vs_inprocess", name),
-            "detail": (f"{v * 1e3:.0f} ms vs {base * 1e3:.0f} ms" if r is not None else None)})
+        out.append(
+            {
+                "id": tid,
+                "what": f"click latency, {name.removeprefix('Triton ')} / in-process "
+                "onnxruntime decoder + the same mask postprocessing, median",
+                "target": f"<= {limit}",
+                "limit": limit,
+                "measured": r,
+                "paired": _paired(click, "paired_vs_inprocess", name),
+                "detail": (f"{v * 1e3:.0f} ms vs {base * 1e3:.0f} ms" if r is not None else None),
+            }
+        )
 
     session = next((k for k in (click.get("variants") or {}) if "session" in k), None)
     if session:  # not one of the targets: how session mode fares against the click goals
         v = _median(click, session)
         r = _ratio(v, base) if _ok(click) else None
-        out.append({
-            "id": "click_session", "what": f"click latency, {session.removeprefix('Triton ')} "
-            "/ in-process onnxruntime decoder + masks, median (session mode; judged against the "
-            "shared-memory goal)", "target": "<= 1.2", "limit": 1.2, "measured": r,
-            "paired": _paired(click, "paired_vs_inprocess", session),
-            "detail": (f"{v * 1e3:.0f} ms vs {base * 1e3:.0f} ms" if r is not None else None)})
+        out.append(
+            {
+                "id": "click_session",
+                "what": f"click latency, {session.removeprefix('Triton ')} "
+                "/ in-process onnxruntime decoder + masks, median (session mode; judged against the "
+                "shared-memory goal)",
+                "target": "<= 1.2",
+                "limit": 1.2,
+                "measured": r,
+                "paired": _paired(click, "paired_vs_inprocess", session),
+                "detail": (f"{v * 1e3:.0f} ms vs {base * 1e3:.0f} ms" if r is not None else None),
+            }
+        )
 
     by = (s.get("bytes") or {}).get("calls") or {}
     f32 = (by.get("decode, 1 click (features FP32)") or {}).get(proto) or {}
@@ -79,30 +105,55 @@ def evaluate(results: dict) -> list[dict[str, Any]]:
     r = None
     if f32.get("sent") and f16.get("sent"):
         r = f16["sent"] / f32["sent"]
-    out.append({
-        "id": "fp16_bytes", "what": f"bytes sent per decode ({proto}), FP16 / FP32 features",
-        "target": "<= 0.52 (features exactly halve; the 256 KB mask_input and framing do not)",
-        "limit": 0.52, "measured": r,
-        "detail": (f"{f16['sent'] / 1e6:.2f} MB vs {f32['sent'] / 1e6:.2f} MB"
-                   if r is not None else None)})
+    out.append(
+        {
+            "id": "fp16_bytes",
+            "what": f"bytes sent per decode ({proto}), FP16 / FP32 features",
+            "target": "<= 0.52 (features exactly halve; the 256 KB mask_input and framing do not)",
+            "limit": 0.52,
+            "measured": r,
+            "detail": (
+                f"{f16['sent'] / 1e6:.2f} MB vs {f32['sent'] / 1e6:.2f} MB"
+                if r is not None
+                else None
+            ),
+        }
+    )
     fp = s.get("fp16") or {}
     v = fp.get("min_iou") if _ok(fp) else None
-    out.append({
-        "id": "fp16_iou", "what": "mask IoU, FP16 vs FP32 features (min over all masks)",
-        "target": ">= 0.99", "limit": 0.99, "higher_is_better": True, "measured": v,
-        "detail": (f"{fp['masks']} masks of {fp['prompts']} prompts, mean "
-                   f"{fp['mean_iou']:.5f}" if v is not None else None)})
+    out.append(
+        {
+            "id": "fp16_iou",
+            "what": "mask IoU, FP16 vs FP32 features (min over all masks)",
+            "target": ">= 0.99",
+            "limit": 0.99,
+            "higher_is_better": True,
+            "measured": v,
+            "detail": (
+                f"{fp['masks']} masks of {fp['prompts']} prompts, mean {fp['mean_iou']:.5f}"
+                if v is not None
+                else None
+            ),
+        }
+    )
 
     dec = s.get("decoder") or {}
     n = str(max(dec.get("ns") or [0]))
     one = ((dec.get("one_call") or {}).get(n) or {}).get("median")
     many = ((dec.get("separate_calls") or {}).get(n) or {}).get("median")
     r = _ratio(one, many) if _ok(dec) and n == "64" else None
-    out.append({
-        "id": "decoder_batch", "what": "64 prompts: one call / 64 single-prompt calls, median",
-        "target": "< 1", "limit": 1.0, "strict": True, "measured": r,
-        "paired": ((dec.get("paired_one_vs_separate") or {}).get(n) or {}).get("median"),
-        "detail": (f"{one:.2f} s vs {many:.2f} s" if r is not None else None)})
+    out.append(
+        {
+            "id": "decoder_batch",
+            "what": "64 prompts: one call / 64 single-prompt calls, median",
+            "target": "< 1",
+            "limit": 1.0,
+            "strict": True,
+            "measured": r,
+            "paired": ((dec.get("paired_one_vs_separate") or {}).get(n) or {}).get("median"),
+            "detail": (f"{one:.2f} s vs {many:.2f} s" if r is not None else None),
+        }
+    )
 
     for t in out:
         m, lim = t["measured"], t["limit"]

@@ -3,7 +3,9 @@
 ``CountingProxy(upstream_host, upstream_port)`` listens on a free local port and forwards every
 connection to the upstream server, counting the bytes in each direction. Point a client at
 ``proxy.address`` to measure HTTP (headers, JSON, binary tensors) or gRPC (HTTP/2 frames,
-protobuf) exactly as sent. Only used for byte counts, never for timings.
+protobuf) exactly as sent. ``capture=True`` also keeps every byte sent to the server in
+``captured`` (for tests that look at request headers). Only used for byte counts, never for
+timings. This is the project's one such relay (bench, session measurements, tests).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ _CHUNK = 1 << 20
 
 
 class CountingProxy:
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
+    def __init__(self, upstream_host: str, upstream_port: int, capture: bool = False) -> None:
+        self.upstream = (upstream_host, int(upstream_port))
         self._lock = threading.Lock()
         self.sent = 0  # client -> server
         self.received = 0  # server -> client
+        self.captured = bytearray()  # client -> server bytes, with ``capture=True``
+        self._capture = capture
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = [self._listener]
@@ -34,8 +38,10 @@ class CountingProxy:
     def reset(self) -> None:
         with self._lock:
             self.sent = self.received = 0
+            self.captured.clear()
 
     def counts(self) -> tuple[int, int]:
+        """``(sent, received)``: bytes client -> server and server -> client so far."""
         with self._lock:
             return self.sent, self.received
 
@@ -67,6 +73,8 @@ class CountingProxy:
                 with self._lock:
                     if upstream:
                         self.sent += len(data)
+                        if self._capture:
+                            self.captured += data
                     else:
                         self.received += len(data)
                 dst.sendall(data)

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AccessDeniedError,
+    ClientClosedError,
     EmbeddingMismatchError,
+    ImageNotSetError,
     InferenceError,
     InvalidImageError,
     InvalidInputError,
@@ -28,8 +30,16 @@ from .errors import (
     ServerError,
     ServerUnavailableError,
     UnknownImageError,
+    UsageError,
 )
-from .types import CacheStats, ImageEmbedding, Prediction, Prompt, RemoteEmbedding
+from .types import (
+    CacheStats,
+    DecodeOptions,
+    ImageEmbedding,
+    Prediction,
+    Prompt,
+    RemoteEmbedding,
+)
 
 if TYPE_CHECKING:
     from .aio import AsyncSAM2Client
@@ -48,8 +58,11 @@ __all__ = [
     "AccessDeniedError",
     "AsyncSAM2Client",
     "CacheStats",
+    "ClientClosedError",
+    "DecodeOptions",
     "EmbeddingMismatchError",
     "ImageEmbedding",
+    "ImageNotSetError",
     "InferenceError",
     "InvalidImageError",
     "InvalidInputError",
@@ -66,6 +79,7 @@ __all__ = [
     "ServerError",
     "ServerUnavailableError",
     "UnknownImageError",
+    "UsageError",
 ]
 
 

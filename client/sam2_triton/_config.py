@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
-DEFAULT_MAX_PROMPTS = 64
+DEFAULT_MAX_PROMPTS = spec.MAX_PROMPTS_PER_REQUEST
 DEFAULT_RETRY_BACKOFF_S = 0.25
 MAX_RETRY_BACKOFF_S = 10.0  # the doubling backoff stops growing here
 
@@ -73,9 +73,10 @@ def make_config(
         raise InvalidInputError("url is empty; expected host:port")
     if not timeout_s or timeout_s <= 0:
         raise InvalidInputError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
-    if int(max_prompts_per_request) < 1:
+    if not 1 <= int(max_prompts_per_request) <= spec.MAX_PROMPTS_PER_REQUEST:
         raise InvalidInputError(
-            f"max_prompts_per_request must be >= 1, got {max_prompts_per_request!r}"
+            f"max_prompts_per_request must be 1 to {spec.MAX_PROMPTS_PER_REQUEST} (the largest "
+            f"decoder call a deployment accepts), got {max_prompts_per_request!r}"
         )
     if int(embedding_cache_bytes) < 0:
         raise InvalidInputError(

@@ -4,7 +4,7 @@ Every operation (encode, decode, wait-until-ready) is written once, as a *flow*:
 that yields the I/O it needs (``Call`` a tritonclient method, ``Sleep``, or ``Compute`` a
 CPU-heavy function) and receives the answers. ``run_sync``/``run_async`` execute the yielded
 steps with a blocking or an asyncio tritonclient, map transport errors with
-``map_transport_error`` and throw them back into the flow, so cleanup (shared memory) runs in
+``_errormap.map_transport_error`` and throw them back into the flow, so cleanup (shared memory) runs in
 the flow's ``finally``. Sync and async therefore cannot drift apart: they only differ in how a
 step is executed.
 """
@@ -12,7 +12,6 @@ step is executed.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import logging
 import random
 import threading
@@ -24,12 +23,12 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 import numpy as np
-from tritonclient.utils import InferenceServerException
 
 from . import _wire, spec
 from ._cache import EmbeddingCache, image_key
 from ._config import MAX_RETRY_BACKOFF_S, ClientConfig
-from .prompts import plan_decode, validate_prompt, validate_prompts
+from ._errormap import RETRY_METHODS, RETRYABLE, map_transport_error
+from ._shm import FeatureRegion, RegionRegistry
 from .errors import (
     AccessDeniedError,
     InferenceError,
@@ -37,36 +36,16 @@ from .errors import (
     InvalidInputError,
     ModelNotReadyError,
     RequestTimeoutError,
-    SAM2TritonError,
-    ServerBusyError,
     ServerError,
     ServerUnavailableError,
     UnknownImageError,
 )
-from .types import ImageEmbedding, Prediction, Prompt, RemoteEmbedding
+from .prompts import DecodeChunk, plan_decode, validate_prompt, validate_prompts
+from .types import DecodeOptions, ImageEmbedding, Prediction, Prompt, RemoteEmbedding
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-try:  # the HTTP clients' transports; both ship with tritonclient[http]
-    import aiohttp
-
-    _AIOHTTP_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError,)
-except ImportError:  # pragma: no cover
-    _AIOHTTP_ERRORS = ()
-try:
-    import gevent
-
-    _GEVENT_TIMEOUT: tuple[type[BaseException], ...] = (gevent.Timeout,)
-except ImportError:  # pragma: no cover
-    _GEVENT_TIMEOUT = ()
-try:
-    from geventhttpclient.useragent import ConnectionError as _GhcConnectionError
-
-    _GEVENT_CONNECTION: tuple[type[BaseException], ...] = (_GhcConnectionError,)
-except ImportError:  # pragma: no cover
-    _GEVENT_CONNECTION = ()
 
 
 # --- steps a flow yields -----------------------------------------------------------------------
@@ -96,96 +75,30 @@ Step = Call | Sleep | Compute
 Flow = Generator[Step, Any, T]
 
 
-# --- error mapping -----------------------------------------------------------------------------
-_BUSY = ("exceeds maximum queue size", "queue is full", "too many requests")
-_QUEUE_TIMEOUT = "request timeout expired"  # Triton's queue policy: the request never ran
-_TIMEOUT = (_QUEUE_TIMEOUT, "deadline exceeded")
-_RESTRICTED = ("is restricted, expecting header",)
-_FORBIDDEN = ("403", "StatusCode.PERMISSION_DENIED")
-_NOT_READY = (
-    "unknown model",
-    "is not ready",
-    "not at ready state",
-    "model not found",
-    "no available versions",
-    "is not found",
-    "failed to load",
-)
-_UNAVAILABLE = (
-    "failed to connect",
-    "connection refused",
-    "connect failed",
-    "dns resolution",
-    "name resolution",
-    "socket closed",
-    "connection reset",
-    "broken pipe",
-    "failed to establish",
-    "not reachable",
-)
-
-
-def map_transport_error(exc: BaseException, model: str | None = None) -> SAM2TritonError | None:
-    """Map an exception of tritonclient or of its transports to this package's hierarchy.
-
-    Returns ``None`` for exceptions that are not transport errors (they propagate unchanged).
-    The result's ``__cause__`` is ``exc``.
-    """
-    what = f"model {model!r}: " if model else ""
-    mapped: SAM2TritonError
-    if isinstance(exc, InferenceServerException):
-        status = str(exc.status() or "")
-        msg = str(exc.message() or exc)
-        low = f"{status} {msg}".lower()
-        if spec.SESSION_UNKNOWN_IMAGE in low:  # before NOT_FOUND: the model itself is there
-            mapped = UnknownImageError(f"{what}{msg}")
-        elif status in _FORBIDDEN or any(s in low for s in _RESTRICTED):
-            # before UNAVAILABLE: Triton answers a restricted gRPC protocol with UNAVAILABLE
-            mapped = AccessDeniedError(
-                f"{what}access denied: the server restricts this API to clients that send its "
-                "admin key (headers={'admin-key': KEY} over HTTP, "
-                f"{{'triton-grpc-protocol-admin-key': KEY}} over gRPC): {msg} [{status}]"
-            )
-        elif any(s in low for s in _BUSY) or status in ("StatusCode.RESOURCE_EXHAUSTED", "429"):
-            mapped = ServerBusyError(f"{what}server busy, retry later: {msg}")
-        elif status in ("StatusCode.DEADLINE_EXCEEDED", "408", "504") or any(
-            s in low for s in _TIMEOUT
-        ):
-            mapped = RequestTimeoutError(f"{what}request timed out: {msg}")
-            mapped.never_ran = _QUEUE_TIMEOUT in low
-        elif any(s in low for s in _NOT_READY) or status == "StatusCode.NOT_FOUND":
-            mapped = ModelNotReadyError(f"{what}{msg}")
-        elif status in ("StatusCode.UNAVAILABLE", "502", "503") or any(
-            s in low for s in _UNAVAILABLE
-        ):
-            mapped = ServerUnavailableError(f"server unavailable: {msg} [{status}]")
-        elif "timed out" in low or "timeout" in low:
-            mapped = RequestTimeoutError(f"{what}request timed out: {msg}")
-        else:
-            mapped = InferenceError(f"{what}{msg} [{status}]" if status else f"{what}{msg}")
-    elif isinstance(exc, (TimeoutError, asyncio.TimeoutError, *_GEVENT_TIMEOUT)):
-        mapped = RequestTimeoutError(f"{what}request timed out: {exc!r}")
-    elif isinstance(
-        exc, (OSError, http.client.HTTPException, *_AIOHTTP_ERRORS, *_GEVENT_CONNECTION)
-    ):  # refused, reset, DNS (socket.gaierror), closed connection, aiohttp client errors
-        mapped = ServerUnavailableError(f"server unavailable: {exc!r}")
-    else:
-        return None
-    mapped.__cause__ = exc
-    return mapped
-
-
-# Opt-in retries (``retries``): transient errors only, idempotent calls only.
-_RETRYABLE = (ServerBusyError, ServerUnavailableError)
-_RETRY_METHODS = frozenset(
-    {
-        "infer",
-        "get_model_metadata",
-        "get_model_config",
-        "register_system_shared_memory",
-        "unregister_system_shared_memory",
-    }
-)
+def decode_options(
+    options: DecodeOptions | None,
+    multimask_output: bool,
+    return_logits: bool,
+    normalize_coords: bool,
+    mask_threshold: float,
+) -> DecodeOptions:
+    """The one ``DecodeOptions`` of a ``decode`` call: ``options`` if given (then the keyword
+    arguments must keep their defaults), else built from the keywords."""
+    if options is None:
+        return DecodeOptions(multimask_output, return_logits, normalize_coords, mask_threshold)
+    if not isinstance(options, DecodeOptions):
+        raise InvalidInputError(f"options must be a DecodeOptions, got {type(options).__name__}")
+    if (multimask_output, return_logits, normalize_coords, mask_threshold) != (
+        True,
+        False,
+        True,
+        spec.MASK_THRESHOLD,
+    ):
+        raise InvalidInputError(
+            "give either options=DecodeOptions(...) or the keyword arguments multimask_output, "
+            "return_logits, normalize_coords, mask_threshold, not both"
+        )
+    return options
 
 
 # --- the core ----------------------------------------------------------------------------------
@@ -196,6 +109,7 @@ class SAM2Core:
         self.config = config
         self.mod = triton_module
         self.cache = EmbeddingCache(config.embedding_cache_bytes)
+        self.regions = RegionRegistry()
         self._grpc = config.protocol == "grpc"
         self._encoder: _wire.EncoderInfo | None = None
         self._decoder: _wire.DecoderInfo | None = None
@@ -262,9 +176,9 @@ class SAM2Core:
         if (
             attempt >= self.config.retries
             or not isinstance(step, Call)
-            or step.method not in _RETRY_METHODS
+            or step.method not in RETRY_METHODS
             or not (
-                isinstance(error, _RETRYABLE)
+                isinstance(error, RETRYABLE)
                 or (isinstance(error, RequestTimeoutError) and error.never_ran)
             )
         ):
@@ -425,10 +339,7 @@ class SAM2Core:
         self,
         embedding: object,
         prompts: Prompt | Sequence[Prompt],
-        multimask_output: bool = True,
-        return_logits: bool = False,
-        normalize_coords: bool = True,
-        mask_threshold: float = spec.MASK_THRESHOLD,
+        options: DecodeOptions,
     ) -> Flow[Prediction | list[Prediction]]:
         """Predictions for ``prompts`` on one image, in the caller's order.
 
@@ -442,11 +353,16 @@ class SAM2Core:
                 f"embedding must be an ImageEmbedding or RemoteEmbedding from encode(), got "
                 f"{type(embedding).__name__}"
             )
+        if not isinstance(options, DecodeOptions):
+            raise InvalidInputError(
+                f"options must be a DecodeOptions, got {type(options).__name__}"
+            )
         single = isinstance(prompts, Prompt)
+        orig_hw, normalize = embedding.orig_hw, options.normalize_coords
         if single:
-            wire = [validate_prompt(prompts, "prompt", embedding.orig_hw, normalize_coords)]
+            wire = [validate_prompt(prompts, "prompt", orig_hw, normalize)]
         elif isinstance(prompts, Sequence) and not isinstance(prompts, (str, bytes)):
-            wire = validate_prompts(prompts, embedding.orig_hw, normalize_coords)
+            wire = validate_prompts(prompts, orig_hw, normalize)
         else:
             raise InvalidInputError(
                 f"prompts must be a Prompt or a list of Prompts, got {type(prompts).__name__}"
@@ -457,12 +373,7 @@ class SAM2Core:
             if session is not None:
                 try:
                     preds = yield from self._session_decode(
-                        embedding,
-                        chunks,
-                        len(wire),
-                        multimask_output,
-                        return_logits,
-                        mask_threshold,
+                        embedding, chunks, len(wire), options, session.selects_tokens
                     )
                     return preds[0] if single else preds
                 except ModelNotReadyError:
@@ -473,50 +384,80 @@ class SAM2Core:
         features = _wire.decoder_features(embedding, info.feature_dtype)
         model = self.config.decoder_model
         results: list[Prediction | None] = [None] * len(wire)
-        region: _wire.FeatureRegion | None = None
-        registered = False
-        try:
-            if self.config.use_shared_memory:
-                region = _wire.FeatureRegion(features)
-                yield self.call(
-                    "register_system_shared_memory",
-                    name=region.name,
-                    key=region.key,
-                    byte_size=region.byte_size,
-                )
-                registered = True
-                feature_inputs = region.inputs(self.mod)
-            else:
+        yield from self.release_regions(self.regions.take_released())
+        region: FeatureRegion | None = None
+        if self.config.use_shared_memory:
+            region = yield from self._region(embedding, features)
+        for chunk in chunks:
+            prompt_inputs = _wire.chunk_inputs(self.mod, chunk)
+            if region is None:
                 feature_inputs = [_wire.data_input(self.mod, n, a) for n, a in features.items()]
-            for chunk in chunks:
+            else:
+                feature_inputs = region.inputs(self.mod)
+            try:
                 result = yield self.call(
                     "infer",
                     model,
                     model_name=model,
-                    inputs=[*feature_inputs, *_wire.chunk_inputs(self.mod, chunk)],
+                    inputs=[*feature_inputs, *prompt_inputs],
                     outputs=_wire.requested_outputs(self.mod, _wire.DECODER_OUTPUTS),
                 )
-                preds = yield Compute(
-                    _wire.parse_decoder_result,
-                    (
-                        result,
-                        len(chunk.indices),
-                        embedding,
-                        model,
-                        multimask_output,
-                        return_logits,
-                        mask_threshold,
-                    ),
+            except InferenceError as exc:
+                if region is None or not _lost_region(exc):
+                    raise
+                # The server forgot the region (restarted, or it was released under us):
+                # register it again, once, and re-send.
+                logger.info("shm region %s unknown to the server: registering again", region.name)
+                self.regions.drop(embedding, region)
+                region = yield from self._region(embedding, features)
+                result = yield self.call(
+                    "infer",
+                    model,
+                    model_name=model,
+                    inputs=[*region.inputs(self.mod), *prompt_inputs],
+                    outputs=_wire.requested_outputs(self.mod, _wire.DECODER_OUTPUTS),
                 )
-                for i, p in zip(chunk.indices.tolist(), preds):
-                    results[i] = p
-        finally:
-            if region is not None:
-                if registered:
-                    yield from self._unregister_region(region.name)
-                region.destroy()
+            preds = yield Compute(
+                _wire.parse_decoder_result, (result, len(chunk.indices), embedding, model, options)
+            )
+            for i, p in zip(chunk.indices.tolist(), preds):
+                results[i] = p
         preds_out = [p for p in results if p is not None]
         return preds_out[0] if single else preds_out
+
+    def _region(
+        self, embedding: ImageEmbedding, features: dict[str, np.ndarray]
+    ) -> Flow[FeatureRegion]:
+        """``embedding``'s registered shm region: reused, or created and registered now."""
+        dtype = features[spec.IMAGE_EMBED].dtype
+        region = self.regions.lookup(embedding, dtype)
+        if region is not None:
+            return region
+        region = FeatureRegion(features)
+        try:
+            yield self.call(
+                "register_system_shared_memory",
+                name=region.name,
+                key=region.key,
+                byte_size=region.byte_size,
+            )
+        except BaseException:
+            region.destroy()
+            raise
+        self.regions.add(embedding, region)
+        return region
+
+    def release_regions(self, regions: Sequence[FeatureRegion]) -> Flow[None]:
+        """Unregister ``regions`` on the server and destroy them here (never raises)."""
+        for region in regions:
+            try:
+                yield from self._unregister_region(region.name)
+            finally:
+                region.destroy()
+
+    def close_flow(self) -> Flow[None]:
+        """Release every shm region of this client (``close``)."""
+        yield from self.release_regions(self.regions.release_all())
 
     def _unregister_region(self, name: str) -> Flow[None]:
         """Unregister a system shared-memory region, never raising (a finally's cleanup).
@@ -608,31 +549,27 @@ class SAM2Core:
     def _session_decode(
         self,
         embedding: RemoteEmbedding,
-        chunks: Sequence[Any],
+        chunks: Sequence[DecodeChunk],
         n: int,
-        multimask_output: bool,
-        return_logits: bool,
-        mask_threshold: float,
+        options: DecodeOptions,
+        selects_tokens: bool,
     ) -> Flow[list[Prediction]]:
+        """Decode by the session model. When it can (``selects_tokens``), it answers only the
+        mask tokens ``options`` needs (``spec.SESSION_MULTIMASK``), selected with the same
+        ``transforms.select_masks``: 3 or 1 of the 4 low-res maps, the same masks."""
         results: list[Prediction | None] = [None] * n
         model = self.config.session_model
+        multimask = options.multimask_output if selects_tokens else None
+        tokens = _wire.selected_tokens(options) if selects_tokens else spec.NUM_MASK_TOKENS
         for chunk in chunks:
             result = yield from self._session_call(
                 embedding,
-                _wire.session_decode_inputs(self.mod, embedding.image_id, chunk),
+                _wire.session_decode_inputs(self.mod, embedding.image_id, chunk, multimask),
                 _wire.DECODER_OUTPUTS,
             )
             preds = yield Compute(
                 _wire.parse_decoder_result,
-                (
-                    result,
-                    len(chunk.indices),
-                    embedding,
-                    model,
-                    multimask_output,
-                    return_logits,
-                    mask_threshold,
-                ),
+                (result, len(chunk.indices), embedding, model, options, tokens),
             )
             for i, p in zip(chunk.indices.tolist(), preds):
                 results[i] = p
@@ -696,6 +633,13 @@ class SAM2Core:
 
 
 _SHM_RELEASE_S = 5.0  # how long an shm region may stay "in use" after the last response
+
+
+def _lost_region(exc: BaseException) -> bool:
+    """Whether a decoder error says the server does not know the shm region it was sent
+    (Triton: "Unable to find shared memory region: '<name>'")."""
+    low = str(exc).lower()
+    return "unable to find" in low and "shared memory" in low
 
 
 # --- drivers -----------------------------------------------------------------------------------

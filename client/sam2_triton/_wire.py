@@ -8,8 +8,6 @@ share one API, so sync and async clients build byte-identical requests.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -19,9 +17,9 @@ import numpy as np
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from . import spec, transforms
-from .prompts import DecodeChunk
 from .errors import EmbeddingMismatchError, InferenceError, InvalidImageError
-from .types import ImageEmbedding, Prediction, RemoteEmbedding
+from .prompts import DecodeChunk
+from .types import DecodeOptions, ImageEmbedding, Prediction, RemoteEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -180,26 +178,31 @@ def parse_decoder_result(
     n: int,
     embedding: ImageEmbedding | RemoteEmbedding,
     decoder: str,
-    multimask_output: bool,
-    return_logits: bool,
-    mask_threshold: float,
+    options: DecodeOptions,
+    tokens: int = spec.NUM_MASK_TOKENS,
 ) -> list[Prediction]:
-    """Check the fingerprint, select masks, upsample: ``n`` predictions in chunk order."""
+    """Check the fingerprint, select masks, upsample: ``n`` predictions in chunk order.
+
+    ``tokens``: mask tokens per prompt in the answer: 4 (all of the decoder's; the masks are
+    selected here) or what ``options`` selects (3 or 1: the session model selected them with
+    the same ``transforms.select_masks``).
+    """
     check_fingerprint(
         _output(result, spec.FINGERPRINT, (spec.FINGERPRINT_LEN,)), embedding, decoder
     )
-    lr_shape = (n, spec.NUM_MASK_TOKENS, spec.LOW_RES_SIZE, spec.LOW_RES_SIZE)
+    lr_shape = (n, tokens, spec.LOW_RES_SIZE, spec.LOW_RES_SIZE)
     low_res = _output(result, spec.LOW_RES_MASKS, lr_shape).astype(np.float32, copy=False)
-    iou = _output(result, spec.IOU_PREDICTIONS, (n, spec.NUM_MASK_TOKENS)).astype(np.float32)
+    iou = _output(result, spec.IOU_PREDICTIONS, (n, tokens)).astype(np.float32)
     obj = _output(result, spec.OBJECT_SCORE_LOGITS, (n,)).astype(np.float32)
-    sel_low, sel_iou = transforms.select_masks(low_res, iou, multimask_output)
+    if tokens == spec.NUM_MASK_TOKENS:
+        low_res, iou = transforms.select_masks(low_res, iou, options.multimask_output)
     masks, low_clamped = transforms.postprocess(
-        sel_low, embedding.orig_hw, return_logits, mask_threshold=mask_threshold
+        low_res, embedding.orig_hw, options.return_logits, mask_threshold=options.mask_threshold
     )
     return [
         Prediction(
             masks=masks[i],
-            scores=np.asarray(sel_iou[i], dtype=np.float32),
+            scores=np.asarray(iou[i], dtype=np.float32),
             low_res_logits=np.asarray(low_clamped[i], dtype=np.float32),
             object_score_logits=float(obj[i]),
         )
@@ -207,62 +210,25 @@ def parse_decoder_result(
     ]
 
 
-# --- system shared memory --------------------------------------------------------------------
-class FeatureRegion:
-    """A system shared-memory region holding one embedding's three feature tensors.
-
-    Created and filled locally; the caller registers ``name``/``key``/``byte_size`` with the
-    server, passes ``offsets`` to ``set_shared_memory`` and must ``destroy()`` it in a finally.
-    """
-
-    def __init__(self, features: Mapping[str, np.ndarray]) -> None:
-        import tritonclient.utils.shared_memory as shm  # local: needs a POSIX host
-
-        self._shm = shm
-        self.name = f"sam2_triton_{os.getpid()}_{uuid.uuid4().hex[:16]}"
-        self.key = "/" + self.name
-        arrays = [np.ascontiguousarray(features[n]) for n in spec.FEATURE_NAMES]
-        self.offsets: dict[str, tuple[int, int, np.ndarray]] = {}
-        offset = 0
-        for n, a in zip(spec.FEATURE_NAMES, arrays):
-            self.offsets[n] = (offset, a.nbytes, a)
-            offset += a.nbytes
-        self.byte_size = offset
-        self._handle = shm.create_shared_memory_region(
-            self.name, self.key, offset, create_only=True
-        )
-        try:
-            shm.set_shared_memory_region(self._handle, arrays)
-        except BaseException:
-            self.destroy()
-            raise
-
-    def inputs(self, mod: ModuleType) -> list[Any]:
-        out = []
-        for n, (offset, nbytes, a) in self.offsets.items():
-            inp = mod.InferInput(n, list(a.shape), np_to_triton_dtype(a.dtype))
-            inp.set_shared_memory(self.name, nbytes, offset)
-            out.append(inp)
-        return out
-
-    def destroy(self) -> None:
-        if self._handle is not None:
-            handle, self._handle = self._handle, None
-            self._shm.destroy_shared_memory_region(handle)
+def selected_tokens(options: DecodeOptions) -> int:
+    """Mask tokens per prompt that a decode with ``options`` returns: 3 or 1."""
+    return spec.NUM_MASK_TOKENS - 1 if options.multimask_output else 1
 
 
 # --- sessions (sam2_session) -----------------------------------------------------------------
 @dataclass(frozen=True)
 class SessionInfo:
-    """Discovered from the session model's metadata: the dtype of the image it takes."""
+    """Discovered from the session model's metadata: the dtype of the image it takes, and
+    whether "decode" can select the mask tokens (``spec.SESSION_MULTIMASK``)."""
 
     image_dtype: np.dtype
+    selects_tokens: bool = False
 
 
 def parse_session_info(meta: Mapping[str, Any], model: str) -> SessionInfo:
     """Check that ``model`` speaks the session contract (``spec``); raise InferenceError if not."""
     names = {t.get("name") for t in meta.get("inputs", [])}
-    wanted = {t.name for t in spec.session_inputs()}
+    wanted = {t.name for t in spec.session_inputs()} - {spec.SESSION_MULTIMASK}
     if not wanted <= names:
         raise InferenceError(
             f"model {model!r} is not a sam2-triton session model: it lacks input(s) "
@@ -271,7 +237,7 @@ def parse_session_info(meta: Mapping[str, Any], model: str) -> SessionInfo:
     image = _tensor_dtype(meta, "inputs", spec.ENCODER_IMAGE, model)
     if image not in _IMAGE_DTYPES:
         raise InferenceError(f"model {model!r} takes images of dtype {image}")
-    return SessionInfo(image)
+    return SessionInfo(image, selects_tokens=spec.SESSION_MULTIMASK in names)
 
 
 session_image_id = spec.session_image_id
@@ -299,15 +265,23 @@ def session_encode_inputs(
     ]
 
 
-def session_decode_inputs(mod: ModuleType, image_id: str, chunk: DecodeChunk) -> list[Any]:
+def session_decode_inputs(
+    mod: ModuleType, image_id: str, chunk: DecodeChunk, multimask_output: bool | None = None
+) -> list[Any]:
     """op "decode": the id and one chunk's prompts; the all-zero "no mask" input is left out
-    (the session model supplies it), so a click without a mask sends a few hundred bytes."""
+    (the session model supplies it), so a click without a mask sends a few hundred bytes.
+    ``multimask_output`` (when the server takes it) makes the answer hold only the selected
+    mask tokens (see ``spec.SESSION_MULTIMASK``)."""
     inputs = [
         _bytes_input(mod, spec.SESSION_OP, [spec.SESSION_OP_DECODE]),
         _bytes_input(mod, spec.SESSION_IMAGE_ID, [image_id]),
         data_input(mod, spec.POINT_COORDS, chunk.point_coords),
         data_input(mod, spec.POINT_LABELS, chunk.point_labels),
     ]
+    if multimask_output is not None:
+        inputs.append(
+            data_input(mod, spec.SESSION_MULTIMASK, np.array([bool(multimask_output)], np.bool_))
+        )
     if chunk.has_mask_input.any():
         inputs += [
             data_input(mod, spec.MASK_INPUT, chunk.mask_input),

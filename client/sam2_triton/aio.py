@@ -9,79 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from . import spec
-from ._config import (
-    DEFAULT_CACHE_BYTES,
-    DEFAULT_MAX_PROMPTS,
-    DEFAULT_RETRY_BACKOFF_S,
-    DEFAULT_TIMEOUT_S,
-    ClientConfig,
-    make_config,
-    triton_client_kwargs,
+from ._base import ClientBase
+from ._config import triton_client_kwargs
+from ._core import Call, Sleep, decode_options, run_async
+from .errors import ClientClosedError
+from .types import (
+    DecodeOptions,
+    ImageEmbedding,
+    Prediction,
+    Prompt,
+    RemoteEmbedding,
 )
-from ._core import Call, SAM2Core, Sleep, run_async
-from .client import _triton_module
-from .types import CacheStats, ImageEmbedding, Prediction, Prompt, RemoteEmbedding
 
 logger = logging.getLogger(__name__)
 
 
-class AsyncSAM2Client:
+class AsyncSAM2Client(ClientBase):
     """asyncio twin of ``SAM2Client`` (see there for the arguments).
 
     The underlying tritonclient is created lazily inside the running event loop; one client
     serves all concurrent coroutines. Use ``async with`` or ``await close()``.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        protocol: str = "grpc",
-        encoder_model: str = spec.ENCODER_MODEL,
-        decoder_model: str = spec.DECODER_MODEL,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        *,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        insecure: bool = False,
-        headers: Mapping[str, str] | None = None,
-        embedding_cache_bytes: int = DEFAULT_CACHE_BYTES,
-        max_prompts_per_request: int = DEFAULT_MAX_PROMPTS,
-        use_shared_memory: bool = False,
-        verbose: bool = False,
-        retries: int = 0,
-        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
-        use_sessions: bool | None = None,
-        session_model: str = spec.SESSION_MODEL,
-    ) -> None:
-        self.config: ClientConfig = make_config(
-            url,
-            protocol,
-            timeout_s=timeout_s,
-            ssl=ssl,
-            headers=headers,
-            embedding_cache_bytes=embedding_cache_bytes,
-            max_prompts_per_request=max_prompts_per_request,
-            encoder_model=encoder_model,
-            decoder_model=decoder_model,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            insecure=insecure,
-            use_shared_memory=use_shared_memory,
-            verbose=verbose,
-            retries=retries,
-            retry_backoff_s=retry_backoff_s,
-            use_sessions=use_sessions,
-            session_model=session_model,
-        )
-        self._mod = _triton_module(self.config.protocol, aio=True)
-        self._core = SAM2Core(self.config, self._mod)
+    _aio = True
+
+    def _setup(self) -> None:
         self._triton: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -89,7 +45,7 @@ class AsyncSAM2Client:
     # --- execution ------------------------------------------------------------------------
     def _client(self) -> Any:
         if self._closed:
-            raise RuntimeError("the AsyncSAM2Client is closed")
+            raise ClientClosedError("this AsyncSAM2Client is closed: create a new one")
         loop = asyncio.get_running_loop()
         if self._triton is None or self._loop is not loop:
             # tritonclient's aio clients are bound to the loop they were made in; a client used
@@ -110,6 +66,9 @@ class AsyncSAM2Client:
         return await pending
 
     async def _run(self, flow: Any) -> Any:
+        if self._closed:
+            flow.close()
+            raise ClientClosedError("this AsyncSAM2Client is closed: create a new one")
         return await run_async(self._core, flow, self._execute)
 
     # --- API ------------------------------------------------------------------------------
@@ -133,16 +92,17 @@ class AsyncSAM2Client:
         return_logits: bool = False,
         normalize_coords: bool = True,
         mask_threshold: float = spec.MASK_THRESHOLD,
+        *,
+        options: DecodeOptions | None = None,
     ) -> Prediction | list[Prediction]:
         """Masks for one or many prompts on one embedded image (see ``SAM2Client.decode``)."""
         return await self._run(
             self._core.decode_flow(
                 embedding,
                 prompts,
-                multimask_output,
-                return_logits,
-                normalize_coords,
-                mask_threshold,
+                decode_options(
+                    options, multimask_output, return_logits, normalize_coords, mask_threshold
+                ),
             )
         )
 
@@ -150,15 +110,19 @@ class AsyncSAM2Client:
         """The features of an embedding (see ``SAM2Client.fetch_embedding``)."""
         return await self._run(self._core.features_flow(embedding))
 
-    def cache_stats(self) -> CacheStats:
-        return self._core.cache.stats()
-
-    def clear_cache(self) -> None:
-        self._core.cache.clear()
-
     async def close(self) -> None:
-        """Close the connection; the client cannot be used afterwards."""
-        self._closed = True
+        """Release the client's shared-memory regions and close the connection; the client
+        cannot be used afterwards (``ClientClosedError``). Closing twice does nothing."""
+        if self._closed:
+            return
+        try:
+            if self._triton is not None:
+                await run_async(self._core, self._core.close_flow(), self._execute)
+            else:  # never connected: nothing registered on a server
+                for region in self._core.regions.release_all():
+                    region.destroy()
+        finally:
+            self._closed = True
         triton, self._triton = self._triton, None
         if triton is not None:
             await triton.close()
@@ -168,7 +132,3 @@ class AsyncSAM2Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        c = self.config
-        return f"AsyncSAM2Client(url={c.url!r}, protocol={c.protocol!r})"

@@ -9,37 +9,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from types import ModuleType
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import spec
-from ._config import (
-    DEFAULT_CACHE_BYTES,
-    DEFAULT_MAX_PROMPTS,
-    DEFAULT_RETRY_BACKOFF_S,
-    DEFAULT_TIMEOUT_S,
-    ClientConfig,
-    make_config,
-    triton_client_kwargs,
+from ._base import ClientBase
+from ._config import triton_client_kwargs
+from ._core import Sleep, Step, decode_options, run_sync
+from .errors import ClientClosedError
+from .types import (
+    DecodeOptions,
+    ImageEmbedding,
+    Prediction,
+    Prompt,
+    RemoteEmbedding,
 )
-from ._core import SAM2Core, Sleep, Step, run_sync
-from .types import CacheStats, ImageEmbedding, Prediction, Prompt, RemoteEmbedding
 
 logger = logging.getLogger(__name__)
-
-
-def _triton_module(protocol: str, aio: bool) -> ModuleType:
-    if protocol == "grpc":
-        if aio:
-            import tritonclient.grpc.aio as mod
-        else:
-            import tritonclient.grpc as mod
-    elif aio:
-        import tritonclient.http.aio as mod
-    else:
-        import tritonclient.http as mod
-    return mod
 
 
 class _Connections:
@@ -60,7 +46,7 @@ class _Connections:
 
     def get(self) -> Any:
         if self._closed:
-            raise RuntimeError("the SAM2Client is closed")
+            raise ClientClosedError("this SAM2Client is closed: create a new SAM2Client")
         if self._shared is not None:
             return self._shared
         triton = getattr(self._local, "triton", None)
@@ -70,6 +56,10 @@ class _Connections:
                 self._created.append(triton)
             self._local.triton = triton
         return triton
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         with self._lock:
@@ -82,7 +72,7 @@ class _Connections:
             triton.close()
 
 
-class SAM2Client:
+class SAM2Client(ClientBase):
     """Blocking client for a Triton server serving the sam2-triton encoder and decoder.
 
     Args:
@@ -119,52 +109,8 @@ class SAM2Client:
     batcher may batch. Use as a context manager or call ``close()``.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        protocol: str = "grpc",
-        encoder_model: str = spec.ENCODER_MODEL,
-        decoder_model: str = spec.DECODER_MODEL,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        *,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        insecure: bool = False,
-        headers: Mapping[str, str] | None = None,
-        embedding_cache_bytes: int = DEFAULT_CACHE_BYTES,
-        max_prompts_per_request: int = DEFAULT_MAX_PROMPTS,
-        use_shared_memory: bool = False,
-        verbose: bool = False,
-        retries: int = 0,
-        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
-        use_sessions: bool | None = None,
-        session_model: str = spec.SESSION_MODEL,
-    ) -> None:
-        self.config: ClientConfig = make_config(
-            url,
-            protocol,
-            timeout_s=timeout_s,
-            ssl=ssl,
-            headers=headers,
-            embedding_cache_bytes=embedding_cache_bytes,
-            max_prompts_per_request=max_prompts_per_request,
-            encoder_model=encoder_model,
-            decoder_model=decoder_model,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            insecure=insecure,
-            use_shared_memory=use_shared_memory,
-            verbose=verbose,
-            retries=retries,
-            retry_backoff_s=retry_backoff_s,
-            use_sessions=use_sessions,
-            session_model=session_model,
-        )
-        mod = _triton_module(self.config.protocol, aio=False)
-        self._core = SAM2Core(self.config, mod)
+    def _setup(self) -> None:
+        mod = self._mod
         kwargs = triton_client_kwargs(self.config, aio=False)
         self._connections = _Connections(
             lambda: mod.InferenceServerClient(**kwargs), shared=self.config.protocol == "grpc"
@@ -178,6 +124,9 @@ class SAM2Client:
         return getattr(self._connections.get(), step.method)(**step.kwargs)
 
     def _run(self, flow: Any) -> Any:
+        if self._connections.closed:
+            flow.close()
+            raise ClientClosedError("this SAM2Client is closed: create a new SAM2Client")
         return run_sync(self._core, flow, self._execute)
 
     # --- API ------------------------------------------------------------------------------
@@ -211,6 +160,8 @@ class SAM2Client:
         return_logits: bool = False,
         normalize_coords: bool = True,
         mask_threshold: float = spec.MASK_THRESHOLD,
+        *,
+        options: DecodeOptions | None = None,
     ) -> Prediction | list[Prediction]:
         """Masks for one or many prompts on one embedded image.
 
@@ -226,10 +177,9 @@ class SAM2Client:
             self._core.decode_flow(
                 embedding,
                 prompts,
-                multimask_output,
-                return_logits,
-                normalize_coords,
-                mask_threshold,
+                decode_options(
+                    options, multimask_output, return_logits, normalize_coords, mask_threshold
+                ),
             )
         )
 
@@ -238,22 +188,18 @@ class SAM2Client:
         a ``RemoteEmbedding``'s are downloaded from the session model (16.8 MB in FP32)."""
         return self._run(self._core.features_flow(embedding))
 
-    def cache_stats(self) -> CacheStats:
-        return self._core.cache.stats()
-
-    def clear_cache(self) -> None:
-        self._core.cache.clear()
-
     def close(self) -> None:
-        """Close the connections; the client cannot be used afterwards."""
-        self._connections.close()
+        """Release the client's shared-memory regions and close the connections; the client
+        cannot be used afterwards (``ClientClosedError``). Closing twice does nothing."""
+        if self._connections.closed:
+            return
+        try:
+            run_sync(self._core, self._core.close_flow(), self._execute)
+        finally:
+            self._connections.close()
 
     def __enter__(self) -> SAM2Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        c = self.config
-        return f"SAM2Client(url={c.url!r}, protocol={c.protocol!r})"

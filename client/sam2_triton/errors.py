@@ -20,8 +20,28 @@ class InvalidPromptError(InvalidInputError):
     """Points, labels, boxes or mask inputs are malformed (shape, range, NaN/inf, ...)."""
 
 
-class EmbeddingMismatchError(InvalidInputError):
-    """An ImageEmbedding was produced by other model weights than the decoder's."""
+# --- calls in the wrong order or on the wrong object --------------------------------------------
+class UsageError(SAM2TritonError, RuntimeError):
+    """A method was called in the wrong order or on the wrong object; the message says what to
+    call first. Also a ``RuntimeError``, which SAM 2 raises in these situations (e.g.
+    ``SAM2ImagePredictor.predict`` before ``set_image``), so code written for SAM 2 catches it
+    unchanged."""
+
+
+class ImageNotSetError(UsageError):
+    """``SAM2ImagePredictor.predict``/``get_image_embedding`` (or the batch methods) before
+    ``set_image`` (``set_image_batch``): call that first. SAM 2 raises a RuntimeError here."""
+
+
+class ClientClosedError(UsageError):
+    """A ``SAM2Client``/``AsyncSAM2Client`` (or a predictor built on one) was used after
+    ``close()``: create a new client."""
+
+
+class EmbeddingMismatchError(UsageError, InvalidInputError):
+    """An embedding was computed by other model weights (another export, or another server)
+    than the decoder's: encode the image again with this client. Also a ``ValueError``, as it
+    always was."""
 
 
 # --- the server ------------------------------------------------------------------------------

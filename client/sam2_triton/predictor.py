@@ -19,8 +19,8 @@ import numpy as np
 
 from . import spec
 from .client import SAM2Client
-from .errors import InvalidImageError, InvalidInputError, InvalidPromptError
-from .types import ImageEmbedding, Prediction, Prompt, RemoteEmbedding
+from .errors import ImageNotSetError, InvalidImageError, InvalidInputError, InvalidPromptError
+from .types import DecodeOptions, ImageEmbedding, Prediction, Prompt, RemoteEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,13 @@ class SAM2ImagePredictor:
             )
         if client is not None and not isinstance(client, SAM2Client):
             raise InvalidInputError(f"client must be a SAM2Client, got {type(client).__name__}")
+        if client is not None and (url is not None or protocol != "grpc" or client_kwargs):
+            given = sorted([*(["url"] if url is not None else []), *client_kwargs])
+            given += ["protocol"] if protocol != "grpc" else []
+            raise InvalidInputError(
+                f"pass either client= or the options of a new client, not both (got {given} "
+                "with client=); they would be ignored"
+            )
         self._owns_client = client is None
         self.client = client or SAM2Client(url, protocol, **client_kwargs)
         self.mask_threshold = float(mask_threshold)
@@ -164,7 +171,7 @@ class SAM2ImagePredictor:
         With sessions the features stay on the server; this downloads them (16.8 MB each).
         """
         if not self._is_image_set:
-            raise RuntimeError(
+            raise ImageNotSetError(
                 "An image must be set with .set_image(...) to generate an embedding."
             )
         return np.concatenate([e.image_embed for e in self._local_embeddings()])
@@ -185,14 +192,13 @@ class SAM2ImagePredictor:
         normalize_coords: bool,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         prompts = prompts_from_sam2_args(point_coords, point_labels, box, mask_input)
-        preds = self.client.decode(
-            self._embeddings[img_idx],
-            prompts,
+        options = DecodeOptions(
             multimask_output=multimask_output,
             return_logits=return_logits,
             normalize_coords=normalize_coords,
             mask_threshold=self.mask_threshold,
         )
+        preds = self.client.decode(self._embeddings[img_idx], prompts, options=options)
         return _stack(preds if isinstance(preds, list) else [preds])
 
     def predict(
@@ -217,7 +223,9 @@ class SAM2ImagePredictor:
             ``B`` axis. ``C`` is 3 with ``multimask_output`` else 1.
         """
         if not self._is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+            raise ImageNotSetError(
+                "An image must be set with .set_image(...) before mask prediction."
+            )
         return self._predict(
             -1,
             point_coords,
@@ -242,9 +250,12 @@ class SAM2ImagePredictor:
         """``predict`` for each image set with ``set_image_batch``; the i-th entry of each
         ``*_batch`` list is that image's argument. Returns lists of masks, ious, low-res logits."""
         if not self._is_batch:
-            raise RuntimeError("predict_batch should only be used after set_image_batch(...)")
+            raise ImageNotSetError(
+                "predict_batch should only be used after set_image_batch(...); "
+                "call set_image_batch first"
+            )
         if not self._is_image_set:
-            raise RuntimeError(
+            raise ImageNotSetError(
                 "An image must be set with .set_image_batch(...) before mask prediction."
             )
         out: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])

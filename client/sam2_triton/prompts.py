@@ -54,8 +54,7 @@ def _array(value: object, name: str) -> np.ndarray:
         return np.asarray(value)
     except (TypeError, ValueError) as exc:  # ragged nested sequences, unconvertible objects
         raise InvalidPromptError(
-            f"{name} must be a numeric array, got {type(value).__name__} that is not one "
-            f"({exc})"
+            f"{name} must be a numeric array, got {type(value).__name__} that is not one ({exc})"
         ) from exc
 
 
@@ -100,6 +99,11 @@ def _points(p: Prompt, where: str, orig_hw: tuple[int, int], normalize: bool):
         raise InvalidPromptError(
             f"{where}.point_coords must have shape (P, 2) with P >= 1 (x, y per point), "
             f"got shape {coords.shape}"
+        )
+    if coords.shape[0] > spec.MAX_CLICKS_PER_PROMPT:
+        raise InvalidPromptError(
+            f"{where}.point_coords holds {coords.shape[0]} points; a prompt takes at most "
+            f"spec.MAX_CLICKS_PER_PROMPT = {spec.MAX_CLICKS_PER_PROMPT} (plus a box)"
         )
     _check_finite(coords, f"{where}.point_coords")
     labels = _array(p.point_labels, f"{where}.point_labels")

@@ -21,6 +21,12 @@ LOW_RES_SIZE = 256  # low-resolution mask logits, IMAGE_SIZE / 4
 MASK_THRESHOLD = 0.0
 LOW_RES_CLAMP = 32.0  # SAM2ImagePredictor clamps returned low-res logits to +-32
 NUM_MASK_TOKENS = 4  # token 0: single-mask output, tokens 1..3: multimask output
+# The largest prompt and decoder call, in ONE place: the SDK's validation, every server-side
+# model and the decoder's TensorRT profile (serve/repository.py) all read these, so a prompt
+# that a GPU deployment could not run is refused with a clear error before it is sent.
+MAX_CLICKS_PER_PROMPT = 64  # point_coords of one prompt
+MAX_PROMPT_POINTS = MAX_CLICKS_PER_PROMPT + 2  # the decoder's P: box corners + clicks
+MAX_PROMPTS_PER_REQUEST = 64  # the decoder's N: prompts of one image per call
 STABILITY_DELTA = 0.05  # mask_decoder.dynamic_multimask_stability_delta (SAM 2.1 configs)
 STABILITY_THRESH = 0.98  # mask_decoder.dynamic_multimask_stability_thresh
 PIXEL_MEAN = (0.485, 0.456, 0.406)  # applied inside the encoder graph, on [0, 1] RGB

@@ -12,8 +12,16 @@ from typing import Any
 import numpy as np
 
 from . import spec
+from .errors import InvalidInputError
 
-__all__ = ["CacheStats", "ImageEmbedding", "Prediction", "Prompt", "RemoteEmbedding"]
+__all__ = [
+    "CacheStats",
+    "DecodeOptions",
+    "ImageEmbedding",
+    "Prediction",
+    "Prompt",
+    "RemoteEmbedding",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,6 +44,38 @@ class Prompt:
     point_labels: Any = None
     box: Any = None
     mask_input: Any = None
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a decode turns the decoder's outputs into masks: one value for one call.
+
+    Attributes:
+        multimask_output: three masks per prompt (``True``, SAM 2's default) or one, chosen by
+            SAM 2's stability rule (``False``).
+        return_logits: ``Prediction.masks`` as float32 logits instead of bool masks.
+        normalize_coords: prompts are pixels of the original image (``True``) or already in
+            ``[0, 1]`` relative to it (``False``), as in ``SAM2ImagePredictor.predict``.
+        mask_threshold: masks are ``logits > mask_threshold``.
+    """
+
+    multimask_output: bool = True
+    return_logits: bool = False
+    normalize_coords: bool = True
+    mask_threshold: float = spec.MASK_THRESHOLD
+
+    def __post_init__(self) -> None:
+        for name in ("multimask_output", "return_logits", "normalize_coords"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise InvalidInputError(f"{name} must be True or False, got {value!r}")
+            object.__setattr__(self, name, bool(value))
+        threshold = self.mask_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)):
+            raise InvalidInputError(f"mask_threshold must be a number, got {threshold!r}")
+        if not np.isfinite(threshold):
+            raise InvalidInputError(f"mask_threshold must be finite, got {threshold!r}")
+        object.__setattr__(self, "mask_threshold", float(threshold))
 
 
 @dataclass(frozen=True, eq=False)

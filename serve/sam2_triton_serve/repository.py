@@ -5,14 +5,18 @@ Two flavours of one repository (``model_repository/``):
 - ``gpu`` (``<model>/config.pbtxt``, used by docker compose): ONNX Runtime backend on the GPU
   with the TensorRT execution accelerator in FP16, engine cache on a writable volume.
 - ``cpu`` (``<model>/configs/cpu.pbtxt``, chosen with ``--model-config-name=cpu``): the same
-  ``model.onnx`` run by onnxruntime inside a python-backend model (``1/model.py``), for machines
-  without a GPU and for the tritonserver that ships in the ``nvidia-pytriton`` wheel, which has no
-  ONNX Runtime backend.
+  ``model.onnx`` run by onnxruntime inside a python-backend model, for machines without a GPU and
+  for the tritonserver that ships in the ``nvidia-pytriton`` wheel, which has no ONNX Runtime
+  backend.
 
 Two more models, python backend in both flavours, call the encoder and decoder through BLS:
-``sam2_session`` (features held on the server, clicks carry an image id; source
-``session_model.py``) and ``sam2_segment`` (one-shot segmentation over plain REST; source
-``segment_model.py``). Their ``1/model.py`` is a verbatim copy of those self-contained modules.
+``sam2_session`` (features held on the server, clicks carry an image id) and ``sam2_segment``
+(one-shot segmentation over plain REST).
+
+Every python-backend model's ``1/model.py`` is a shim (``model_shim``) that imports its
+``TritonPythonModel`` from the ``sam2-triton-server`` package (``sam2_triton_server``), which
+does SAM 2's pre- and post-processing with the SDK's own ``sam2_triton.transforms`` and
+``sam2_triton.prompts``; that package must be installed in the python backend's environment.
 
 The configs are generated from ``RepositoryOptions`` so that they always match the exported ONNX
 files (dtypes depend on export options); the committed files are the output for the defaults.
@@ -39,22 +43,46 @@ MANIFEST_FILENAME = "sam2_manifest.json"
 # key makes Triton refuse to load the model (onnxruntime_backend src/onnxruntime.cc).
 ORT_TRT_ACCELERATOR_KEYS = frozenset(
     {
-        "precision_mode", "max_workspace_size_bytes", "trt_max_partition_iterations",
-        "trt_min_subgraph_size", "int8_calibration_table_name",
-        "int8_use_native_calibration_table", "trt_dla_enable", "trt_dla_core",
-        "trt_engine_cache_enable", "trt_engine_cache_path", "trt_engine_cache_prefix",
-        "trt_dump_subgraphs", "trt_force_sequential_engine_build",
-        "trt_context_memory_sharing_enable", "trt_layer_norm_fp32_fallback",
-        "trt_timing_cache_enable", "trt_timing_cache_path", "trt_force_timing_cache",
-        "trt_detailed_build_log", "trt_build_heuristics_enable", "trt_sparsity_enable",
-        "trt_builder_optimization_level", "trt_auxiliary_streams", "trt_tactic_sources",
-        "trt_extra_plugin_lib_paths", "trt_profile_min_shapes", "trt_profile_max_shapes",
-        "trt_profile_opt_shapes", "trt_cuda_graph_enable",
+        "precision_mode",
+        "max_workspace_size_bytes",
+        "trt_max_partition_iterations",
+        "trt_min_subgraph_size",
+        "int8_calibration_table_name",
+        "int8_use_native_calibration_table",
+        "trt_dla_enable",
+        "trt_dla_core",
+        "trt_engine_cache_enable",
+        "trt_engine_cache_path",
+        "trt_engine_cache_prefix",
+        "trt_dump_subgraphs",
+        "trt_force_sequential_engine_build",
+        "trt_context_memory_sharing_enable",
+        "trt_layer_norm_fp32_fallback",
+        "trt_timing_cache_enable",
+        "trt_timing_cache_path",
+        "trt_force_timing_cache",
+        "trt_detailed_build_log",
+        "trt_build_heuristics_enable",
+        "trt_sparsity_enable",
+        "trt_builder_optimization_level",
+        "trt_auxiliary_streams",
+        "trt_tactic_sources",
+        "trt_extra_plugin_lib_paths",
+        "trt_profile_min_shapes",
+        "trt_profile_max_shapes",
+        "trt_profile_opt_shapes",
+        "trt_cuda_graph_enable",
     }
 )
 
-_DTYPES = {"bool": mc.TYPE_BOOL, "float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16, "uint8": mc.TYPE_UINT8,
-           "int32": mc.TYPE_INT32, "object": mc.TYPE_STRING}
+_DTYPES = {
+    "bool": mc.TYPE_BOOL,
+    "float32": mc.TYPE_FP32,
+    "float16": mc.TYPE_FP16,
+    "uint8": mc.TYPE_UINT8,
+    "int32": mc.TYPE_INT32,
+    "object": mc.TYPE_STRING,
+}
 
 
 @dataclass(frozen=True)
@@ -105,9 +133,13 @@ class RepositoryOptions:
 
     def __post_init__(self) -> None:
         if self.image_dtype not in ("float32", "float16", "uint8"):
-            raise ValueError(f"image_dtype must be float32, float16 or uint8, got {self.image_dtype!r}")
+            raise ValueError(
+                f"image_dtype must be float32, float16 or uint8, got {self.image_dtype!r}"
+            )
         if self.feature_dtype not in ("float32", "float16"):
-            raise ValueError(f"feature_dtype must be float32 or float16, got {self.feature_dtype!r}")
+            raise ValueError(
+                f"feature_dtype must be float32 or float16, got {self.feature_dtype!r}"
+            )
         for name in ("session_cache_bytes", "session_threads", "session_max_pending"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -118,14 +150,22 @@ def _tensor(t: spec.TensorSpec, batched: bool, io: type) -> object:
     return io(name=t.name, data_type=_DTYPES[t.dtype], dims=list(dims))
 
 
-def _io(model_config: mc.ModelConfig, inputs: Iterable[spec.TensorSpec],
-        outputs: Iterable[spec.TensorSpec], batched: bool) -> None:
+def _io(
+    model_config: mc.ModelConfig,
+    inputs: Iterable[spec.TensorSpec],
+    outputs: Iterable[spec.TensorSpec],
+    batched: bool,
+) -> None:
     model_config.input.extend(_tensor(t, batched, mc.ModelInput) for t in inputs)
     model_config.output.extend(_tensor(t, batched, mc.ModelOutput) for t in outputs)
 
 
-def _trt(model_config: mc.ModelConfig, model: str, opts: RepositoryOptions,
-         profile: dict[str, str] | None = None) -> None:
+def _trt(
+    model_config: mc.ModelConfig,
+    model: str,
+    opts: RepositoryOptions,
+    profile: dict[str, str] | None = None,
+) -> None:
     params = {
         "precision_mode": "FP16",
         "max_workspace_size_bytes": str(opts.workspace_bytes),
@@ -151,14 +191,17 @@ def encoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
     """The ``sam2_encoder`` config: batched (max_batch_size > 0), dynamic batching, cache."""
     _check_flavour(flavour)
     gpu = flavour == "gpu"
-    cfg = mc.ModelConfig(name=spec.ENCODER_MODEL,
-                         max_batch_size=opts.max_batch_size if gpu else opts.cpu_max_batch_size)
+    cfg = mc.ModelConfig(
+        name=spec.ENCODER_MODEL,
+        max_batch_size=opts.max_batch_size if gpu else opts.cpu_max_batch_size,
+    )
     cfg.backend = "onnxruntime" if gpu else "python"
     if gpu:
         cfg.default_model_filename = MODEL_FILENAME
     _io(cfg, spec.encoder_inputs(opts.image_dtype), spec.encoder_outputs(opts.feature_dtype), True)
-    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
-                           count=1)
+    cfg.instance_group.add(
+        kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU, count=1
+    )
     db = cfg.dynamic_batching
     db.max_queue_delay_microseconds = opts.queue_delay_us
     db.default_queue_policy.max_queue_size = opts.max_queue_size
@@ -169,12 +212,18 @@ def encoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
     if gpu:
         image = {spec.ENCODER_IMAGE: (3, spec.IMAGE_SIZE, spec.IMAGE_SIZE)}
         # One TensorRT profile for every batch size the batcher can form: no engine rebuilds.
-        _trt(cfg, spec.ENCODER_MODEL, opts, {
-            "trt_profile_min_shapes": _shape_str({k: (1, *v) for k, v in image.items()}),
-            "trt_profile_opt_shapes": _shape_str({k: (1, *v) for k, v in image.items()}),
-            "trt_profile_max_shapes": _shape_str({k: (opts.max_batch_size, *v)
-                                                  for k, v in image.items()}),
-        })
+        _trt(
+            cfg,
+            spec.ENCODER_MODEL,
+            opts,
+            {
+                "trt_profile_min_shapes": _shape_str({k: (1, *v) for k, v in image.items()}),
+                "trt_profile_opt_shapes": _shape_str({k: (1, *v) for k, v in image.items()}),
+                "trt_profile_max_shapes": _shape_str(
+                    {k: (opts.max_batch_size, *v) for k, v in image.items()}
+                ),
+            },
+        )
         warm = cfg.model_warmup.add(name="image_batch_1", batch_size=1)
         warm.inputs[spec.ENCODER_IMAGE].data_type = _DTYPES[opts.image_dtype]
         warm.inputs[spec.ENCODER_IMAGE].dims.extend([3, spec.IMAGE_SIZE, spec.IMAGE_SIZE])
@@ -200,21 +249,32 @@ def decoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
     if gpu:
         cfg.default_model_filename = MODEL_FILENAME
     _io(cfg, spec.decoder_inputs(opts.feature_dtype), spec.decoder_outputs(), False)
-    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
-                           count=1)
+    cfg.instance_group.add(
+        kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU, count=1
+    )
     if gpu:
         feats = {n: (1, *spec.FEATURE_SHAPES[n]) for n in spec.FEATURE_NAMES}
         low = spec.LOW_RES_SIZE
 
         def shapes(n: int, p: int) -> dict[str, tuple[int, ...]]:
-            return {**feats, spec.POINT_COORDS: (n, p, 2), spec.POINT_LABELS: (n, p),
-                    spec.MASK_INPUT: (n, 1, low, low), spec.HAS_MASK_INPUT: (n,)}
+            return {
+                **feats,
+                spec.POINT_COORDS: (n, p, 2),
+                spec.POINT_LABELS: (n, p),
+                spec.MASK_INPUT: (n, 1, low, low),
+                spec.HAS_MASK_INPUT: (n,),
+            }
 
-        _trt(cfg, spec.DECODER_MODEL, opts, {
-            "trt_profile_min_shapes": _shape_str(shapes(1, 1)),
-            "trt_profile_opt_shapes": _shape_str(shapes(1, 2)),
-            "trt_profile_max_shapes": _shape_str(shapes(opts.max_prompts, opts.max_points)),
-        })
+        _trt(
+            cfg,
+            spec.DECODER_MODEL,
+            opts,
+            {
+                "trt_profile_min_shapes": _shape_str(shapes(1, 1)),
+                "trt_profile_opt_shapes": _shape_str(shapes(1, 2)),
+                "trt_profile_max_shapes": _shape_str(shapes(opts.max_prompts, opts.max_points)),
+            },
+        )
         warm = cfg.model_warmup.add(name="one_click", batch_size=1)
         for t in spec.decoder_inputs(opts.feature_dtype):
             dims = [1 if d == -1 else d for d in t.shape]
@@ -231,13 +291,15 @@ def decoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
     return cfg
 
 
-def _bls_model(cfg: mc.ModelConfig, flavour: str, opts: RepositoryOptions,
-               params: dict[str, str]) -> None:
+def _bls_model(
+    cfg: mc.ModelConfig, flavour: str, opts: RepositoryOptions, params: dict[str, str]
+) -> None:
     """What the two BLS models share: python backend, exactly one instance, parameters."""
     cfg.backend = "python"
     gpu = flavour == "gpu"
-    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
-                           count=1)
+    cfg.instance_group.add(
+        kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU, count=1
+    )
     for key, value in {
         "ENCODER_MODEL": spec.ENCODER_MODEL,
         "DECODER_MODEL": spec.DECODER_MODEL,
@@ -255,33 +317,50 @@ def session_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
     _check_flavour(flavour)
     cfg = mc.ModelConfig(name=spec.SESSION_MODEL, max_batch_size=0)
     for t in spec.session_inputs(opts.image_dtype):
-        cfg.input.append(mc.ModelInput(name=t.name, data_type=_DTYPES[t.dtype], dims=list(t.shape),
-                                       optional=True))
-    cfg.output.extend(_tensor(t, False, mc.ModelOutput)
-                      for t in spec.session_outputs(opts.feature_dtype))
+        cfg.input.append(
+            mc.ModelInput(
+                name=t.name, data_type=_DTYPES[t.dtype], dims=list(t.shape), optional=True
+            )
+        )
+    cfg.output.extend(
+        _tensor(t, False, mc.ModelOutput) for t in spec.session_outputs(opts.feature_dtype)
+    )
     on_gpu = flavour == "gpu" and opts.session_features_on_gpu
-    _bls_model(cfg, flavour, opts, {
-        "SESSION_CACHE_BYTES": str(opts.session_cache_bytes),
-        "SESSION_FEATURES_ON_GPU": "true" if on_gpu else "false",
-        "SESSION_THREADS": str(opts.session_threads),
-        "SESSION_MAX_PENDING": str(opts.session_max_pending),
-        "SESSION_MAX_IMAGES_PER_REQUEST": str(max(opts.max_batch_size, opts.cpu_max_batch_size)),
-    })
+    _bls_model(
+        cfg,
+        flavour,
+        opts,
+        {
+            "SESSION_CACHE_BYTES": str(opts.session_cache_bytes),
+            "SESSION_FEATURES_ON_GPU": "true" if on_gpu else "false",
+            "SESSION_THREADS": str(opts.session_threads),
+            "SESSION_MAX_PENDING": str(opts.session_max_pending),
+            "SESSION_MAX_IMAGES_PER_REQUEST": str(
+                max(opts.max_batch_size, opts.cpu_max_batch_size)
+            ),
+        },
+    )
     return cfg
 
 
 def segment_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> mc.ModelConfig:
     """The ``sam2_segment`` config: python backend, encoded image + JSON prompts in, JSON out.
 
-    Decodes the image with Pillow, which the NGC Triton container does not ship: see SETUP.md.
+    Its python environment needs ``sam2-triton-server`` (with the SDK, Pillow and pycocotools),
+    which the NGC Triton container does not ship: see SETUP.md.
     """
     _check_flavour(flavour)
     cfg = mc.ModelConfig(name=spec.SEGMENT_MODEL, max_batch_size=0)
     _io(cfg, spec.segment_inputs(), spec.segment_outputs(), False)
-    _bls_model(cfg, flavour, opts, {
-        "ENCODER_IMAGE_DTYPE": opts.image_dtype,
-        "SEGMENT_MAX_PENDING": str(opts.session_max_pending),
-    })
+    _bls_model(
+        cfg,
+        flavour,
+        opts,
+        {
+            "ENCODER_IMAGE_DTYPE": opts.image_dtype,
+            "SEGMENT_MAX_PENDING": str(opts.session_max_pending),
+        },
+    )
     return cfg
 
 
@@ -307,38 +386,40 @@ def parse(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-# The CPU flavour's python-backend model: a shim onto one shared implementation.
-PYTHON_MODEL_SHIM = (
-    '"""CPU flavour: run this version\'s model.onnx with onnxruntime (shared implementation)."""\n'
-    "\n"
-    "from sam2_triton_serve.python_backend import TritonPythonModel  # noqa: F401\n"
-)
-
-
-# The BLS models' model.py: the source of a self-contained module of this package, copied
-# verbatim (numpy + triton_python_backend_utils only: the NGC container has no sam2_triton).
-BLS_MODEL_SOURCES = {
-    spec.SESSION_MODEL: "session_model.py",
-    spec.SEGMENT_MODEL: "segment_model.py",
+# Each python-backend model's 1/model.py: (its docstring, the sam2_triton_server module).
+_ONNX_SHIM = ("CPU flavour: run this version's model.onnx with onnxruntime.", "onnx_model")
+MODEL_SHIMS = {
+    spec.ENCODER_MODEL: _ONNX_SHIM,
+    spec.DECODER_MODEL: _ONNX_SHIM,
+    spec.SESSION_MODEL: ("sam2_session: image features held on the server (BLS).", "session"),
+    spec.SEGMENT_MODEL: ("sam2_segment: one-shot segmentation over plain REST (BLS).", "segment"),
 }
 
 
-def bls_model_source(model: str) -> str:
-    """The text of ``<model>/1/model.py`` for ``sam2_session`` or ``sam2_segment``."""
-    return (Path(__file__).resolve().parent / BLS_MODEL_SOURCES[model]).read_text()
+def model_shim(model: str) -> str:
+    """The text of ``<model>/1/model.py``: imports the model from ``sam2_triton_server``."""
+    doc, module = MODEL_SHIMS[model]
+    return (
+        f'"""{doc}"""\n\nfrom sam2_triton_server.{module} import TritonPythonModel  # noqa: F401\n'
+    )
+
+
+# the onnxruntime runner's shim, for any ONNX model served by the CPU flavour
+PYTHON_MODEL_SHIM = model_shim(spec.ENCODER_MODEL)
 
 
 def config_files(opts: RepositoryOptions = RepositoryOptions()) -> dict[str, str]:
     """Every file of the repository except the ONNX models: relative path -> text."""
     files = {}
-    for name, build in ((spec.ENCODER_MODEL, encoder_config), (spec.DECODER_MODEL, decoder_config)):
+    for name, build in (
+        (spec.ENCODER_MODEL, encoder_config),
+        (spec.DECODER_MODEL, decoder_config),
+        (spec.SESSION_MODEL, session_config),
+        (spec.SEGMENT_MODEL, segment_config),
+    ):
         files[f"{name}/config.pbtxt"] = render(build("gpu", opts))
         files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))
-        files[f"{name}/1/model.py"] = PYTHON_MODEL_SHIM
-    for name, build in ((spec.SESSION_MODEL, session_config), (spec.SEGMENT_MODEL, segment_config)):
-        files[f"{name}/config.pbtxt"] = render(build("gpu", opts))
-        files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))
-        files[f"{name}/1/model.py"] = bls_model_source(name)
+        files[f"{name}/1/model.py"] = model_shim(name)
     return files
 
 

@@ -1,8 +1,8 @@
 """Triton python-backend model that runs ``<version dir>/model.onnx`` with onnxruntime on CPU.
 
-This is the CPU flavour of the model repository: each ``<model>/1/model.py`` is a one-line shim
-(``from sam2_triton_serve.python_backend import TritonPythonModel``), so every model shares this
-implementation. Input/output names, dtypes and ``max_batch_size`` come from the model config
+This is the CPU flavour of the model repository: ``sam2_encoder/1/model.py`` and
+``sam2_decoder/1/model.py`` are shims (``from sam2_triton_server.onnx_model import
+TritonPythonModel``), so both models share this implementation. Input/output names, dtypes and ``max_batch_size`` come from the model config
 Triton hands over (``args["model_config"]``) and are checked against the ONNX graph at load time.
 
 - ``max_batch_size > 0``: all requests of one ``execute()`` call (the dynamic batcher's batch)
@@ -34,10 +34,7 @@ from typing import Any
 
 import numpy as np
 
-try:  # only importable inside the python-backend stub
-    import triton_python_backend_utils as pb_utils
-except ImportError:  # pragma: no cover - imported outside Triton (docs, linters)
-    pb_utils = None
+from ._triton import RequestError, error_response, int_parameter, pb_utils, require_triton
 
 ONNX_FILENAME = "model.onnx"
 PARAM_INTRA_OP_THREADS = "ORT_INTRA_OP_THREADS"
@@ -60,10 +57,6 @@ _ORT_TO_NUMPY: dict[str, Any] = {
 }
 
 
-class RequestError(Exception):
-    """A request cannot be run as sent; the message goes back to the client."""
-
-
 class _TensorInfo:
     """One config input/output paired with what the ONNX graph declares for it."""
 
@@ -80,25 +73,9 @@ def _log(level: str, msg: str) -> None:
     getattr(pb_utils.Logger, f"log_{level}")(msg)
 
 
-def _parameter(config: dict[str, Any], key: str) -> str | None:
-    value = config.get("parameters", {}).get(key, {}).get("string_value")
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
 def _thread_parameter(config: dict[str, Any], key: str, default: int) -> int:
     """A thread-count parameter: absent, empty or "0" mean ``default``."""
-    raw = _parameter(config, key)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(
-            f"model config parameter {key} must be an integer >= 0 (0 = default), got {raw!r}"
-        )
-    return value or default
+    return int_parameter(config, key, 0, minimum=0) or default
 
 
 def _static_dims(shape: list[Any]) -> tuple[int | None, ...]:
@@ -109,8 +86,7 @@ class TritonPythonModel:
     """Generic onnxruntime runner for Triton's python backend (see the module docstring)."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        if pb_utils is None:
-            raise RuntimeError("triton_python_backend_utils is missing: run inside Triton")
+        require_triton()
         config = json.loads(args["model_config"])
         self._name = args.get("model_name", config.get("name", "?"))
         self._max_batch_size = int(config.get("max_batch_size", 0))
@@ -228,11 +204,6 @@ class TritonPythonModel:
             output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(outputs[n])) for n in names]
         )
 
-    def _error(self, message: str, code: Any = None) -> Any:
-        if code is None:
-            code = pb_utils.TritonError.INVALID_ARG
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
-
     def _run(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         return dict(zip(names, self._session.run(names, feeds)))
 
@@ -241,8 +212,8 @@ class TritonPythonModel:
             return self._respond(self._run(feeds, names), names)
         except Exception as exc:  # noqa: BLE001 - reported to the client, not raised
             _log("error", f"{self._name}: request {index} failed: {exc}")
-            return self._error(
-                f"{self._name}: onnxruntime failed: {exc}", pb_utils.TritonError.INTERNAL
+            return error_response(
+                self._name, RequestError(f"onnxruntime failed: {exc}", "INTERNAL")
             )
 
     def _run_group(
@@ -284,7 +255,7 @@ class TritonPythonModel:
             try:
                 feeds = self._read_inputs(request)
             except RequestError as exc:
-                responses[index] = self._error(f"{self._name}: {exc}")
+                responses[index] = error_response(self._name, exc)
                 continue
             names = self._requested(request)
             if self._max_batch_size > 0:
