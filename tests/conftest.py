@@ -26,8 +26,23 @@ def exported_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sam2_triton_export import main
 
     out = tmp_path_factory.mktemp("export") / "model_repository"
-    main.export(export_args("--variant", "tiny", "--random-weights", "--seed", str(SEED),
-                            "--output", str(out)))
+    main.export(
+        export_args(
+            "--variant", "tiny", "--random-weights", "--seed", str(SEED), "--output", str(out)
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def seed1_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny variant with other random weights (seed 1): another fingerprint."""
+    from sam2_triton_export import main
+
+    out = tmp_path_factory.mktemp("seed1") / "model_repository"
+    main.export(
+        export_args("--variant", "tiny", "--random-weights", "--seed", "1", "--output", str(out))
+    )
     return out
 
 

@@ -185,16 +185,11 @@ def ref(triton_server) -> Reference:
 
 
 @pytest.fixture(scope="module")
-def seed1_server(tmp_path_factory):
+def seed1_server(seed1_repo):
     """The same tiny variant with other random weights (seed 1): another fingerprint."""
-    from sam2_triton_export import main
     from sam2_triton_serve.launcher import LocalTritonServer
 
-    repo = tmp_path_factory.mktemp("seed1") / "model_repository"
-    main.export(
-        export_args("--variant", "tiny", "--random-weights", "--seed", "1", "--output", str(repo))
-    )
-    with LocalTritonServer(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+    with LocalTritonServer(seed1_repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         yield server
 
 

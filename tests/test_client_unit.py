@@ -49,8 +49,8 @@ from sam2_triton import (
 )
 from sam2_triton._cache import EmbeddingCache, image_key
 from sam2_triton._errormap import map_transport_error
-from sam2_triton.prompts import WirePrompt, plan_decode, validate_prompt, validate_prompts
 from sam2_triton.predictor import prompts_from_sam2_args
+from sam2_triton.prompts import WirePrompt, plan_decode, validate_prompt, validate_prompts
 from sam2_triton.transforms import MAX_IMAGE_PIXELS, load_image
 
 H, W = 12, 16  # the image size prompts are validated against
@@ -401,9 +401,17 @@ def test_error_mapping_keeps_the_server_message():
     )
 
 
-@pytest.mark.parametrize("name, never_ran", [
-    ("grpc queue timeout", True), ("http queue timeout", True), ("grpc deadline", False),
-    ("http 504", False), ("TimeoutError", False), ("asyncio timeout", False)])
+@pytest.mark.parametrize(
+    "name, never_ran",
+    [
+        ("grpc queue timeout", True),
+        ("http queue timeout", True),
+        ("grpc deadline", False),
+        ("http 504", False),
+        ("TimeoutError", False),
+        ("asyncio timeout", False),
+    ],
+)
 def test_only_the_servers_queue_timeout_never_ran(name: str, never_ran: bool):
     assert map_transport_error(ERROR_TABLE[name][0]).never_ran is never_ran
 

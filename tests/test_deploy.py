@@ -99,7 +99,7 @@ TRITON_GPU_METRICS = {
 }
 PROMETHEUS_METRICS = {"up"}  # written by Prometheus itself for every scrape target
 # Custom metrics of the sam2_session model (pb_utils.MetricFamily in
-# serve/sam2_triton_serve/session_model.py), on Triton's metrics port; tests/test_sessions.py
+# server/sam2_triton_server/session.py), on Triton's metrics port; tests/test_sessions.py
 # checks that the real server exposes every one the dashboard uses.
 SESSION_METRICS = {
     "sam2_session_images",
@@ -262,7 +262,7 @@ def test_monitoring_profile_renders(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     services = set(proc.stdout.split())
-    assert {"triton", "engine-cache-init", "prometheus", "grafana"} <= services
+    assert {"triton", "prometheus", "grafana"} <= services
 
 
 def test_admin_key_is_never_in_the_file():
@@ -278,10 +278,8 @@ NGC_IMAGE = re.compile(r"nvcr\.io/nvidia/tritonserver:(\d{2}\.\d{2})-py3(@sha256
 
 def test_triton_image_is_pinned(rendered):
     images = {name: svc["image"] for name, svc in rendered["services"].items()}
-    # the init job runs the pinned NGC image itself; triton runs the image derived from it
-    assert NGC_IMAGE.fullmatch(images["engine-cache-init"]), images["engine-cache-init"]
-    args = rendered["services"]["triton"]["build"]["args"]
-    assert args["TRITON_IMAGE"] == images["engine-cache-init"]
+    # triton runs the image derived from the pinned NGC image (its build argument)
+    assert NGC_IMAGE.fullmatch(rendered["services"]["triton"]["build"]["args"]["TRITON_IMAGE"])
     for name, image in images.items():
         repo_tag = image.split("@")[0]
         assert ":" in repo_tag.rsplit("/", 1)[-1], f"{name}: image {image} has no tag"
@@ -326,31 +324,49 @@ def test_triton_runs_as_non_root(rendered, triton_service):
     assert not triton_service.get("privileged", False)
     assert "ALL" in triton_service.get("cap_drop", [])
     assert "no-new-privileges:true" in triton_service.get("security_opt", [])
-    # the init job makes the fresh (root-owned) volume writable for uid/gid 1000 first
-    init = rendered["services"]["engine-cache-init"]
-    assert "chown -R 1000:1000 /engine_cache" in " ".join(init["command"])
-    assert {m["target"] for m in _volumes(init)} == {"/engine_cache"}
-    dep = triton_service["depends_on"]["engine-cache-init"]
-    assert dep["condition"] == "service_completed_successfully"
+
+
+def _dockerfile_engine_cache() -> tuple[set[str], str]:
+    """The folders the server image creates under /engine_cache, and its RUN line doing it."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    (run,) = [line for line in text.splitlines() if line.startswith("RUN mkdir -p /engine_cache")]
+    return set(re.findall(r"(/engine_cache/\w+)", run)), run
+
+
+def test_engine_cache_needs_no_init_job_and_survives_restarts(rendered, triton_service):
+    """A root init job with only CAP_CHOWN could not re-enter the volume it had given to uid 1000
+    (mode 0750): every start after the first failed, and Triton never started. The server image
+    owns /engine_cache as uid 1000 instead; Docker fills a new named volume from it (no
+    `nocopy`), so no job has to run, on the first start or any later one."""
+    services = rendered["services"]
+    assert not [
+        n
+        for n, svc in services.items()
+        if "/engine_cache" in {m["target"] for m in _volumes(svc)} and n != "triton"
+    ], "an init job is back"
+    assert "depends_on" not in triton_service
+    (mount,) = [m for m in _volumes(triton_service) if m["target"] == "/engine_cache"]
+    assert mount["source"] in rendered["volumes"]  # a named volume, not a bind mount
+    assert "nocopy" not in COMPOSE_FILE.read_text()  # Docker copies the image's folder in
+    folders, run = _dockerfile_engine_cache()
+    assert "chown -R 1000:1000 /engine_cache" in run and "chmod -R 0750 /engine_cache" in run
+    assert {"/engine_cache/sam2_encoder", "/engine_cache/sam2_decoder"} <= folders
 
 
 def test_model_configs_cache_engines_in_the_volume(rendered):
     """The GPU configs' TensorRT engine/timing cache paths lie in the engine-cache volume, in the
-    per-model folders that engine-cache-init creates for uid 1000."""
+    per-model folders that the server image creates for uid 1000."""
     configs = sorted((ROOT / "model_repository").glob("*/config.pbtxt"))
-    if not configs:
-        pytest.skip("no model configs in model_repository yet")
-    init_cmd = " ".join(rendered["services"]["engine-cache-init"]["command"])
+    folders, _ = _dockerfile_engine_cache()
     checked = 0
     for cfg in configs:
         text = cfg.read_text()
         paths = re.findall(r'key:\s*"trt_(?:engine|timing)_cache_path"\s*value:\s*"([^"]+)"', text)
         for path in paths:
             assert path == f"/engine_cache/{cfg.parent.name}", f"{cfg}: {path}"
-            assert path in init_cmd, f"engine-cache-init does not create {path}"
+            assert path in folders, f"docker/Dockerfile does not create {path}"
             checked += 1
-    if not checked:
-        pytest.skip("no TensorRT cache paths in the model configs")
+    assert checked == 4  # engine + timing cache of the encoder and of the decoder
 
 
 def test_healthcheck_waits_for_engine_builds(triton_service):
@@ -536,7 +552,6 @@ def test_dockerfile_base_is_the_compose_pin():
     assert _dockerfile_args()["TRITON_IMAGE"] == pinned
     triton = compose["services"]["triton"]
     assert triton["build"]["args"]["TRITON_IMAGE"] == pinned
-    assert compose["services"]["engine-cache-init"]["image"] == pinned
     stages = _stages()
     assert len(stages) == 2, "expected a builder stage and the final stage"
     assert stages[-1][0][1] == "${TRITON_IMAGE}"  # the final stage is the pinned NGC image
@@ -580,9 +595,12 @@ def test_dockerfile_installs_exactly_the_server_packages():
     final = _stages()[-1]
     assert ("COPY", "--from=builder /opt/sam2-triton /opt/sam2-triton") in final
     runs = [rest for word, rest in final if word == "RUN"]
-    assert len(runs) == 1 and "sam2-triton.pth" in runs[0] and "python3 -I" in runs[0]
+    (check,) = [r for r in runs if "sam2-triton.pth" in r]
+    assert "python3 -I" in check
     for module in ("sam2_triton_server.segment", "sam2_triton_server.session"):
-        assert module in runs[0], f"the image build does not check that {module} imports"
+        assert module in check, f"the image build does not check that {module} imports"
+    # the other RUN (the engine cache folders) installs nothing
+    assert not [r for r in runs if r is not check and re.search(r"\bpip\b|install", r)]
 
 
 def test_dockerfile_keeps_a_non_root_user():

@@ -17,7 +17,7 @@ def test_reliability_quotes_the_committed_load_report() -> None:
     assert (o["clients"], o["requests"]) == (32, 200)  # the figure, not a shorter run
     assert report["completed"] == report["planned"] == 6400
     assert f"{o['clients']} clients x {o['requests']} = **{report['planned']}**" in text
-    assert (f"**{report['completed']} / {report['failed']} / {report['lost']}**" in text)
+    assert f"**{report['completed']} / {report['failed']} / {report['lost']}**" in text
     assert f"| **{report['mismatched']}** (masks" in text
     main = report["latency_s"]["main"]
     assert f"p50 {main['p50']:.2f} s, **p99 {main['p99']:.2f} s**, max {main['max']:.2f} s" in text
@@ -28,7 +28,8 @@ def test_reliability_quotes_the_committed_load_report() -> None:
         row = re.search(rf"^\| {label} \|(.*)$", text, re.M)
         assert row, label
         cells = [c.strip() for c in row.group(1).split("|")]
-        stages = [f"{m[k]:.0f}" for k in ("start", "after_warmup", "peak_first_half",
-                                          "peak_second_half")]
+        stages = [
+            f"{m[k]:.0f}" for k in ("start", "after_warmup", "peak_first_half", "peak_second_half")
+        ]
         assert cells[:6] == [*stages, f"**+{growth}**", f"{m['end']:.0f}"], (label, cells)
     assert sum(report["retries"].values()) == 20 and "20 retries were logged" in text

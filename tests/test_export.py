@@ -46,7 +46,11 @@ def test_onnx_files_pass_checker(exported_repo: Path) -> None:
 def test_manifest_describes_the_export(exported_repo: Path) -> None:
     manifest = json.loads((exported_repo / repository.MANIFEST_FILENAME).read_text())
     assert manifest["variant"] == "tiny"
-    assert manifest["weights"] == {"random": True, "seed": SEED, "description": f"random seed {SEED}"}
+    assert manifest["weights"] == {
+        "random": True,
+        "seed": SEED,
+        "description": f"random seed {SEED}",
+    }
     assert manifest["parity"]["passed"] is True
     assert manifest["versions"]["opset"] == 17
     for model in (spec.ENCODER_MODEL, spec.DECODER_MODEL):
@@ -85,11 +89,22 @@ class OrtPipeline:
     def encode(self, image: np.ndarray) -> list[np.ndarray]:
         return self.enc.run(None, {spec.ENCODER_IMAGE: verify.model_input(image, "float32")})
 
-    def decode(self, feats, hw, point_coords=None, point_labels=None, box=None, mask_input=None,
-               multimask_output=True):
+    def decode(
+        self,
+        feats,
+        hw,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output=True,
+    ):
         h, w = hw
-        prompt = {k: v for k, v in dict(point_coords=point_coords, point_labels=point_labels,
-                                         box=box).items() if v is not None}
+        prompt = {
+            k: v
+            for k, v in dict(point_coords=point_coords, point_labels=point_labels, box=box).items()
+            if v is not None
+        }
         if point_coords is not None and np.asarray(point_coords).ndim == 3:  # batched clicks
             scale = torch.tensor([w, h], dtype=torch.float32)
             coords = (torch.as_tensor(point_coords, dtype=torch.float32) / scale * 1024).numpy()
@@ -97,13 +112,23 @@ class OrtPipeline:
         else:
             coords, labels = verify._wire_prompt(prompt, h, w)
         n = coords.shape[0]
-        masks = np.zeros((1, 1, 256, 256), np.float32) if mask_input is None else \
-            np.asarray(mask_input, np.float32).reshape(-1, 1, 256, 256)
+        masks = (
+            np.zeros((1, 1, 256, 256), np.float32)
+            if mask_input is None
+            else np.asarray(mask_input, np.float32).reshape(-1, 1, 256, 256)
+        )
         has = np.full(masks.shape[0], 0.0 if mask_input is None else 1.0, np.float32)
         feeds = dict(zip(spec.FEATURE_NAMES, feats[:3]))
-        low, iou, _, _ = self.dec.run(None, {**feeds, spec.POINT_COORDS: coords,
-                                             spec.POINT_LABELS: labels, spec.MASK_INPUT: masks,
-                                             spec.HAS_MASK_INPUT: has})
+        low, iou, _, _ = self.dec.run(
+            None,
+            {
+                **feeds,
+                spec.POINT_COORDS: coords,
+                spec.POINT_LABELS: labels,
+                spec.MASK_INPUT: masks,
+                spec.HAS_MASK_INPUT: has,
+            },
+        )
         low, iou = torch.from_numpy(low), torch.from_numpy(iou)
         if multimask_output:
             low, iou = low[:, 1:], iou[:, 1:]
@@ -145,16 +170,28 @@ def test_encoder_features_match_set_image(encoded, reference) -> None:
 
 CASES = {
     "positive_point": dict(point_coords=np.array([[210.0, 170.0]]), point_labels=np.array([1])),
-    "positive_and_negative": dict(point_coords=np.array([[210.0, 170.0], [450.0, 310.0]]),
-                                  point_labels=np.array([1, 0])),
+    "positive_and_negative": dict(
+        point_coords=np.array([[210.0, 170.0], [450.0, 310.0]]), point_labels=np.array([1, 0])
+    ),
     "box": dict(box=np.array([60.0, 70.0, 350.0, 270.0])),
-    "box_and_points": dict(box=np.array([320.0, 190.0, 610.0, 430.0]),
-                           point_coords=np.array([[450.0, 310.0], [120.0, 100.0]]),
-                           point_labels=np.array([1, 0])),
-    "eight_boxes": dict(box=np.array([[x, y, x + 150.0, y + 120.0]
-                                      for x in (10.0, 200.0, 330.0, 470.0) for y in (20.0, 300.0)])),
-    "eight_clicks": dict(point_coords=np.array([[[40.0 + 70 * i, 60.0 + 40 * i]] for i in range(8)]),
-                         point_labels=np.ones((8, 1), np.int64)),
+    "box_and_points": dict(
+        box=np.array([320.0, 190.0, 610.0, 430.0]),
+        point_coords=np.array([[450.0, 310.0], [120.0, 100.0]]),
+        point_labels=np.array([1, 0]),
+    ),
+    "eight_boxes": dict(
+        box=np.array(
+            [
+                [x, y, x + 150.0, y + 120.0]
+                for x in (10.0, 200.0, 330.0, 470.0)
+                for y in (20.0, 300.0)
+            ]
+        )
+    ),
+    "eight_clicks": dict(
+        point_coords=np.array([[[40.0 + 70 * i, 60.0 + 40 * i]] for i in range(8)]),
+        point_labels=np.ones((8, 1), np.int64),
+    ),
 }
 
 
@@ -176,12 +213,17 @@ def test_decoder_matches_predict(case: str, multimask: bool, pipeline, reference
 
 
 @pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
-def test_refinement_with_previous_low_res_mask(multimask: bool, pipeline, reference, encoded) -> None:
+def test_refinement_with_previous_low_res_mask(
+    multimask: bool, pipeline, reference, encoded
+) -> None:
     first = CASES["positive_point"]
     _, ref_iou, ref_low = reference.predict(**first, multimask_output=True)
     previous = ref_low[np.argmax(ref_iou)][None]  # [1,256,256], as SAM 2's notebooks do
-    prompt = dict(point_coords=np.array([[210.0, 170.0], [260.0, 200.0]]),
-                  point_labels=np.array([1, 1]), mask_input=previous)
+    prompt = dict(
+        point_coords=np.array([[210.0, 170.0], [260.0, 200.0]]),
+        point_labels=np.array([1, 1]),
+        mask_input=previous,
+    )
     ref_masks, ref_iou, ref_low = reference.predict(**prompt, multimask_output=multimask)
     masks, iou, low = pipeline.decode(encoded, (H, W), **prompt, multimask_output=multimask)
     assert np.abs(low.reshape(ref_low.shape) - ref_low).max() <= LOGIT_ATOL
@@ -203,8 +245,11 @@ def test_failed_verification_installs_nothing(repo_copy: Path) -> None:
     before = _snapshot(repo_copy)
     with pytest.raises(ParityError, match="differs from PyTorch"):
         # tolerance 0 cannot be met (float32 rounding differs), so the real gate fails
-        main.export(export_args("--random-weights", "--seed", "1", "--tolerance", "0",
-                                "--output", str(repo_copy)))
+        main.export(
+            export_args(
+                "--random-weights", "--seed", "1", "--tolerance", "0", "--output", str(repo_copy)
+            )
+        )
     assert _snapshot(repo_copy) == before
     assert not list(repo_copy.parent.glob(".model_repository.staging-*"))
 
@@ -212,8 +257,20 @@ def test_failed_verification_installs_nothing(repo_copy: Path) -> None:
 def test_interrupted_export_keeps_previous_models(repo_copy: Path) -> None:
     before = _snapshot(repo_copy)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sam2_triton_app.cli", "export", "--random-weights", "--seed", "2",
-         "--output", str(repo_copy)], stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "sam2_triton_app.cli",
+            "export",
+            "--random-weights",
+            "--seed",
+            "2",
+            "--output",
+            str(repo_copy),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stderr:  # interrupt once the encoder has been written to staging
         if "Exporting sam2_decoder" in line:
             proc.send_signal(signal.SIGINT)
@@ -232,10 +289,19 @@ def test_only_staging_left_by_dead_exports_is_removed(tmp_path: Path) -> None:
     from sam2_triton_export import install
 
     repo = tmp_path / "model_repository"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    owners = {"dead": f"{socket.gethostname()} {dead}", "alive": f"{socket.gethostname()} {os.getpid()}",
-              "elsewhere": f"another-host {dead}", "garbled": "???", "unowned": None}
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    owners = {
+        "dead": f"{socket.gethostname()} {dead}",
+        "alive": f"{socket.gethostname()} {os.getpid()}",
+        "elsewhere": f"another-host {dead}",
+        "garbled": "???",
+        "unowned": None,
+    }
     for name, owner in owners.items():
         path = tmp_path / f".model_repository.staging-{name}"
         path.mkdir()
@@ -243,9 +309,13 @@ def test_only_staging_left_by_dead_exports_is_removed(tmp_path: Path) -> None:
         if owner is not None:
             (path / install.OWNER_FILE).write_text(owner)
     with install.staging_dir(repo) as staged:
-        assert (staged / install.OWNER_FILE).read_text().split() == [socket.gethostname(),
-                                                                    str(os.getpid())]
-        left = sorted(p.name.rsplit("-", 1)[1] for p in tmp_path.glob(".model_repository.staging-*"))
+        assert (staged / install.OWNER_FILE).read_text().split() == [
+            socket.gethostname(),
+            str(os.getpid()),
+        ]
+        left = sorted(
+            p.name.rsplit("-", 1)[1] for p in tmp_path.glob(".model_repository.staging-*")
+        )
         assert staged.name.rsplit("-", 1)[1] in left
         left.remove(staged.name.rsplit("-", 1)[1])
         assert left == ["alive", "elsewhere", "garbled", "unowned"]
@@ -258,7 +328,9 @@ def tiny_state_dict(sam2_model) -> dict:
     return {k: v.clone() for k, v in sam2_model.state_dict().items()}
 
 
-def test_checkpoint_round_trip_gives_the_same_model(tmp_path: Path, tiny_state_dict, sam2_model) -> None:
+def test_checkpoint_round_trip_gives_the_same_model(
+    tmp_path: Path, tiny_state_dict, sam2_model
+) -> None:
     path = tmp_path / "sam2.1_hiera_tiny.pt"
     torch.save({"model": tiny_state_dict}, path)
     model = checkpoints.build_model("tiny", checkpoints.load_state_dict(path))
@@ -305,8 +377,11 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
 
 
 def test_sam2_0_checkpoint_is_recognised(tiny_state_dict) -> None:
-    old = {k: v for k, v in tiny_state_dict.items()
-           if not k.startswith(("no_obj_embed_spatial", "obj_ptr_tpos_proj"))}
+    old = {
+        k: v
+        for k, v in tiny_state_dict.items()
+        if not k.startswith(("no_obj_embed_spatial", "obj_ptr_tpos_proj"))
+    }
     with pytest.raises(CheckpointError, match=r"SAM 2 \(2.0\) checkpoint"):
         checkpoints.build_model("tiny", old)
 
@@ -326,14 +401,66 @@ def test_published_checkpoint_table() -> None:
 
 
 def test_export_help_lists_every_option() -> None:
-    out = subprocess.run([sys.executable, "-m", "sam2_triton_app.cli", "export", "--help"],
-                         capture_output=True, text=True, check=True).stdout
-    for flag in ("--variant", "--checkpoint", "--download", "--random-weights", "--seed",
-                 "--output", "--image-dtype", "--embedding-dtype", "--tolerance"):
+    out = subprocess.run(
+        [sys.executable, "-m", "sam2_triton_app.cli", "export", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in (
+        "--variant",
+        "--checkpoint",
+        "--download",
+        "--random-weights",
+        "--seed",
+        "--output",
+        "--image-dtype",
+        "--embedding-dtype",
+        "--tolerance",
+    ):
         assert flag in out
 
 
 def test_export_requires_a_weights_source() -> None:
-    proc = subprocess.run([sys.executable, "-m", "sam2_triton_app.cli", "export"],
-                          capture_output=True, text=True, env={**os.environ})
+    proc = subprocess.run(
+        [sys.executable, "-m", "sam2_triton_app.cli", "export"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
     assert proc.returncode == 2 and "--checkpoint" in proc.stderr
+
+
+# --- TensorRT engine cache keys follow the exported files ----------------------------------------
+def _engine_prefixes(repo: Path) -> dict[str, str]:
+    out = {}
+    for model in (spec.ENCODER_MODEL, spec.DECODER_MODEL):
+        cfg = repository.parse((repo / model / "config.pbtxt").read_text())
+        (accel,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+        out[model] = accel.parameters["trt_engine_cache_prefix"]
+    return out
+
+
+def test_engine_cache_key_changes_with_weights_and_stays_for_the_same_export(
+    exported_repo: Path, seed1_repo: Path, tmp_path: Path
+) -> None:
+    """ONNX Runtime's own engine id hashes names and versions, not weights: without a key of
+    ours, a re-export with other weights would be served by the old TensorRT engines."""
+    from sam2_triton_export import main
+
+    seed0 = _engine_prefixes(exported_repo)
+    manifest = json.loads((exported_repo / repository.MANIFEST_FILENAME).read_text())
+    key = manifest["engine_cache_key"]
+    assert seed0 == {m: f"{m}_{key}" for m in seed0}
+    seed1 = _engine_prefixes(seed1_repo)
+    assert seed1 != seed0 and all(seed1[m] != seed0[m] for m in seed0)
+    again = tmp_path / "model_repository"  # the same export once more: the engines are reused
+    main.export(
+        export_args(
+            "--variant", "tiny", "--random-weights", "--seed", str(SEED), "--output", str(again)
+        )
+    )
+    assert _engine_prefixes(again) == seed0
+    fp16 = repository.RepositoryOptions(feature_dtype="float16")  # other options: other key
+    files = [repository.model_file(exported_repo, m) for m in seed0]
+    assert repository.engine_cache_key(files, fp16) != key

@@ -32,7 +32,6 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from sam2_triton import ImageEmbedding, Prompt, SAM2Client, spec
-from sam2_triton.prompts import plan_decode, validate_prompts
 from sam2_triton.errors import (
     InvalidImageError,
     InvalidInputError,
@@ -40,6 +39,7 @@ from sam2_triton.errors import (
     SAM2TritonError,
     ServerUnavailableError,
 )
+from sam2_triton.prompts import plan_decode, validate_prompts
 from sam2_triton.transforms import MAX_IMAGE_PIXELS, SUPPORTED_MODES, load_image
 from sam2_triton_serve.launcher import find_free_ports
 
@@ -85,8 +85,20 @@ def _load(kind: str, image: object) -> np.ndarray | None:
 
 
 # --- images: numpy arrays --------------------------------------------------------------------
-DTYPES = [np.bool_, np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.int64,
-          np.float16, np.float32, np.float64, np.complex64]
+DTYPES = [
+    np.bool_,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.complex64,
+]
 SHAPES = st.one_of(
     hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5),
     st.tuples(st.integers(1, 33), st.integers(1, 33), st.sampled_from([1, 2, 3, 4, 5])),
@@ -150,8 +162,12 @@ def _pil_image(mode: str, h: int, w: int, seed: int, unit: bool) -> Image.Image:
         data = rng.random((h, w), dtype=np.float32) * (1 if unit else 255)
         return Image.fromarray(data, "F")
     if mode == "I":
-        return Image.fromarray(rng.integers(-70000 if not unit else 0, 70000 if not unit
-                                            else 65536, (h, w), dtype=np.int32), "I")
+        return Image.fromarray(
+            rng.integers(
+                -70000 if not unit else 0, 70000 if not unit else 65536, (h, w), dtype=np.int32
+            ),
+            "I",
+        )
     rgb = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
     try:
         return rgb.convert(mode)
@@ -160,8 +176,13 @@ def _pil_image(mode: str, h: int, w: int, seed: int, unit: bool) -> Image.Image:
 
 
 @fuzz(400)
-@given(st.sampled_from(PIL_MODES), st.integers(1, 24), st.integers(1, 24), st.integers(0, 99),
-       st.booleans())
+@given(
+    st.sampled_from(PIL_MODES),
+    st.integers(1, 24),
+    st.integers(1, 24),
+    st.integers(0, 99),
+    st.booleans(),
+)
 def test_pil_images(mode: str, h: int, w: int, seed: int, unit: bool) -> None:
     try:
         img = _pil_image(mode, h, w, seed, unit)
@@ -248,8 +269,12 @@ def test_encoded_images(scratch: Path, case, how: str) -> None:
 
 def _png_header(w: int, h: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
@@ -261,24 +286,48 @@ def test_decompression_bomb_is_refused_from_its_header() -> None:
 
 
 @fuzz(300)
-@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.complex_numbers(),
-                 st.text(max_size=12), st.lists(st.integers(0, 255), max_size=6),
-                 st.dictionaries(st.text(max_size=3), st.integers(), max_size=3),
-                 st.tuples(st.integers(), st.integers()), st.just(object())))
+@given(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.complex_numbers(),
+        st.text(max_size=12),
+        st.lists(st.integers(0, 255), max_size=6),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=3),
+        st.tuples(st.integers(), st.integers()),
+        st.just(object()),
+    )
+)
 def test_other_objects(value) -> None:
     assert _load("other object", value) is None or isinstance(value, str)
 
 
 # --- prompts ---------------------------------------------------------------------------------
 JUNK = st.one_of(
-    st.none(), st.text(max_size=4), st.integers(-(2**70), 2**70), st.floats(),
+    st.none(),
+    st.text(max_size=4),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
     st.lists(st.lists(st.floats(), max_size=3), max_size=3),  # ragged, NaN, inf
     st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
-    hnp.arrays(dtype=st.sampled_from([np.float32, np.float64, np.int64, np.int8, np.bool_,
-                                      np.complex64, np.uint16]),
-               shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)),
-    st.sampled_from([[[1e300, 1e300]], [[float("nan"), 1.0]], [[1.0, float("inf")]],
-                     [[3.5e38, 0.0]], [["1", "2"]], [[1, 2], [3]]]),
+    hnp.arrays(
+        dtype=st.sampled_from(
+            [np.float32, np.float64, np.int64, np.int8, np.bool_, np.complex64, np.uint16]
+        ),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+    ),
+    st.sampled_from(
+        [
+            [[1e300, 1e300]],
+            [[float("nan"), 1.0]],
+            [[1.0, float("inf")]],
+            [[3.5e38, 0.0]],
+            [["1", "2"]],
+            [[1, 2], [3]],
+        ]
+    ),
 )
 
 
@@ -297,8 +346,12 @@ def prompt_cases(draw, hw: tuple[int, int]) -> tuple[Prompt, bool]:
                 coords, labels = np.asarray(coords, np.float32), np.asarray(labels, np.int64)
         if parts in ("box", "both"):
             x0, y0 = draw(st.floats(0, w / 2)), draw(st.floats(0, h / 2))
-            box = [x0, y0, draw(st.floats(x0 + w / 4 + 0.01, w)),
-                   draw(st.floats(y0 + h / 4 + 0.01, h))]
+            box = [
+                x0,
+                y0,
+                draw(st.floats(x0 + w / 4 + 0.01, w)),
+                draw(st.floats(y0 + h / 4 + 0.01, h)),
+            ]
         if draw(st.booleans()):
             mask = np.full((1, 256, 256), draw(st.floats(-40, 40)), np.float32)
         return Prompt(point_coords=coords, point_labels=labels, box=box, mask_input=mask), True
@@ -349,7 +402,9 @@ def test_prompts(data, hw: tuple[int, int], max_prompts: int) -> None:
         n, points = len(c.indices), c.point_coords.shape[1]
         assert 1 <= n <= max_prompts and c.point_coords.shape == (n, points, 2)
         assert all(wire[i].coords.shape[0] == points for i in c.indices.tolist())
-        assert c.mask_input.shape[0] in (1, n) and c.has_mask_input.shape == (c.mask_input.shape[0],)
+        assert c.mask_input.shape[0] in (1, n) and c.has_mask_input.shape == (
+            c.mask_input.shape[0],
+        )
 
 
 # --- through a client, before anything is sent --------------------------------------------------
@@ -362,8 +417,10 @@ def _fake_embedding(hw: tuple[int, int]) -> ImageEmbedding:
 def nowhere():
     """Clients of a port nothing listens on: every request would fail as unavailable."""
     port = find_free_ports(1)[0]
-    clients = {p: SAM2Client(f"127.0.0.1:{port}", p, timeout_s=5, use_sessions=False)
-               for p in ("grpc", "http")}
+    clients = {
+        p: SAM2Client(f"127.0.0.1:{port}", p, timeout_s=5, use_sessions=False)
+        for p in ("grpc", "http")
+    }
     yield clients
     for c in clients.values():
         c.close()
@@ -391,9 +448,15 @@ def test_bad_prompts_are_refused_before_sending(nowhere, data, hw, protocol: str
 
 
 @fuzz(200, fixture=True)
-@given(st.one_of(hnp.arrays(dtype=st.sampled_from(DTYPES), shape=SHAPES),
-                 st.binary(max_size=64), st.none(), st.integers()),
-       st.sampled_from(["grpc", "http"]))
+@given(
+    st.one_of(
+        hnp.arrays(dtype=st.sampled_from(DTYPES), shape=SHAPES),
+        st.binary(max_size=64),
+        st.none(),
+        st.integers(),
+    ),
+    st.sampled_from(["grpc", "http"]),
+)
 def test_bad_images_are_refused_before_sending(nowhere, image, protocol: str) -> None:
     valid = isinstance(image, np.ndarray) and _array_verdict(image)
     try:

@@ -139,8 +139,13 @@ def test_bls_model_configs(path: Path) -> None:
     gpu = path.name == "config.pbtxt"
     assert cfg.name == path.relative_to(ROOT).parts[0]
     assert cfg.backend == "python" and cfg.max_batch_size == 0
-    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-    assert [(g.kind, g.count) for g in cfg.instance_group] == [(kind, 1)]  # one store, one process
+    # one instance per server, however many GPUs: an instance_group count is per GPU, so the
+    # GPU flavour pins it to GPU 0 (else one session store per GPU, ids unknown to the others)
+    groups = [(g.kind, g.count, list(g.gpus)) for g in cfg.instance_group]
+    want = (
+        (mc.ModelInstanceGroup.KIND_GPU, 1, [0]) if gpu else (mc.ModelInstanceGroup.KIND_CPU, 1, [])
+    )
+    assert groups == [want]
     assert not cfg.response_cache.enable and not cfg.model_transaction_policy.decoupled
     assert "EXECUTION_ENV_PATH" not in cfg.parameters
     params = {k: v.string_value for k, v in cfg.parameters.items()}
@@ -299,3 +304,37 @@ def test_session_options_change_the_configs() -> None:
     assert seg.parameters["ENCODER_IMAGE_DTYPE"].string_value == "float16"
     with pytest.raises(ValueError, match="session_cache_bytes"):
         repository.RepositoryOptions(session_cache_bytes=0)
+
+
+# --- the largest prompt: one constant for the SDK, the server models and the TRT profile ------
+def _profile(text: str) -> dict[str, list[int]]:
+    return {k: [int(d) for d in v.split("x")] for k, v in (p.split(":") for p in text.split(","))}
+
+
+def test_decoder_profile_covers_the_largest_prompt_the_sdk_sends() -> None:
+    cfg = repository.parse((ROOT / spec.DECODER_MODEL / "config.pbtxt").read_text())
+    (accel,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    low = _profile(accel.parameters["trt_profile_min_shapes"])
+    high = _profile(accel.parameters["trt_profile_max_shapes"])
+    n, p = spec.MAX_PROMPTS_PER_REQUEST, spec.MAX_PROMPT_POINTS
+    assert high[spec.POINT_COORDS] == [n, p, 2] and high[spec.POINT_LABELS] == [n, p]
+    assert high[spec.MASK_INPUT][0] == n and high[spec.HAS_MASK_INPUT] == [n]
+    assert low[spec.POINT_COORDS] == [1, 1, 2]
+    assert p == spec.MAX_CLICKS_PER_PROMPT + 2  # a box adds two corner points
+    with pytest.raises(ValueError, match="TensorRT profile would then refuse"):
+        repository.RepositoryOptions(max_points=32)
+    with pytest.raises(ValueError, match="exceed what the SDK sends"):
+        repository.RepositoryOptions(max_prompts=n + 1)
+
+
+def test_engine_cache_prefix_follows_the_key() -> None:
+    base = repository.decoder_config("gpu", repository.RepositoryOptions())
+    keyed = repository.decoder_config(
+        "gpu", repository.RepositoryOptions(engine_cache_key="0123456789abcdef")
+    )
+    (a,) = base.optimization.execution_accelerators.gpu_execution_accelerator
+    (b,) = keyed.optimization.execution_accelerators.gpu_execution_accelerator
+    assert "trt_engine_cache_prefix" not in a.parameters  # committed configs: no export yet
+    assert b.parameters["trt_engine_cache_prefix"] == f"{spec.DECODER_MODEL}_0123456789abcdef"
+    with pytest.raises(ValueError, match="engine_cache_key"):
+        repository.RepositoryOptions(engine_cache_key="../../etc")

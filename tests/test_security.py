@@ -33,13 +33,13 @@ import yaml
 
 from sam2_triton import Prompt, SAM2Client
 from sam2_triton.errors import AccessDeniedError
-from sam2_triton_serve.launcher import LocalTritonServer, find_free_ports
-from sam2_triton_serve.loadtest import (
+from sam2_triton_bench.loadtest import (
     listening_pids,
     listening_sockets,
     prediction_digest,
     process_tree,
 )
+from sam2_triton_serve.launcher import LocalTritonServer, find_free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-admin-key-" + "0123456789abcdef" * 2
@@ -51,8 +51,11 @@ GRPC_ADMIN = {"triton-grpc-protocol-admin-key": KEY}
 def _compose_restriction_flags(key: str) -> list[str]:
     """The compose file's restricted-API flags, with its ``${SAM2_TRITON_ADMIN_KEY...}``."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    flags = [a for a in compose["services"]["triton"]["command"]
-             if a.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))]
+    flags = [
+        a
+        for a in compose["services"]["triton"]["command"]
+        if a.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))
+    ]
     assert len(flags) == 2, flags
     return [re.sub(r"\$\{SAM2_TRITON_ADMIN_KEY[^}]*\}", key, f) for f in flags]
 
@@ -75,8 +78,13 @@ def _image() -> np.ndarray:
 def restricted_server(exported_repo: Path):
     """The SAM 2 repository served with docker compose's admin-API restrictions; the
     launcher's default bind address."""
-    with LocalTritonServer(exported_repo, http_port=0, grpc_port=0, metrics_port=0,
-                           extra_args=_compose_restriction_flags(KEY)) as server:
+    with LocalTritonServer(
+        exported_repo,
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        extra_args=_compose_restriction_flags(KEY),
+    ) as server:
         yield server
 
 
@@ -134,17 +142,24 @@ def test_admin_apis_need_the_key_over_grpc(restricted_server) -> None:
 
 @pytest.mark.triton
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_client_with_the_admin_key_uses_shared_memory(restricted_server, reference,
-                                                      protocol: str) -> None:
+def test_client_with_the_admin_key_uses_shared_memory(
+    restricted_server, reference, protocol: str
+) -> None:
     """``use_shared_memory=True`` registers regions through the restricted shared-memory API."""
     url = restricted_server.http_url if protocol == "http" else restricted_server.grpc_url
     headers = HTTP_ADMIN if protocol == "http" else GRPC_ADMIN
-    with SAM2Client(url, protocol, headers=headers, use_shared_memory=True,
-                    use_sessions=False) as client:
+    with SAM2Client(
+        url, protocol, headers=headers, use_shared_memory=True, use_sessions=False
+    ) as client:
         emb = client.encode(_image())
         assert prediction_digest(client.decode(emb, PROMPTS)) == reference
-    with SAM2Client(url, protocol, headers={k: "wrong" for k in headers}, use_shared_memory=True,
-                    use_sessions=False) as client:
+    with SAM2Client(
+        url,
+        protocol,
+        headers={k: "wrong" for k in headers},
+        use_shared_memory=True,
+        use_sessions=False,
+    ) as client:
         with pytest.raises(AccessDeniedError, match="admin key"):
             client.decode(emb, PROMPTS)
 
@@ -159,8 +174,7 @@ def test_client_without_the_key(restricted_server, reference, protocol: str) -> 
         with SAM2Client(url, protocol, use_sessions=sessions) as client:
             emb = client.encode(_image())
             assert prediction_digest(client.decode(emb, PROMPTS)) == reference
-    with SAM2Client(url, protocol, use_shared_memory=True, use_sessions=False,
-                    retries=5) as client:
+    with SAM2Client(url, protocol, use_shared_memory=True, use_sessions=False, retries=5) as client:
         emb = client.encode(_image())
         with pytest.raises(AccessDeniedError, match="triton-grpc-protocol-admin-key") as err:
             client.decode(emb, PROMPTS)
@@ -172,8 +186,11 @@ def test_client_without_the_key(restricted_server, reference, protocol: str) -> 
 def test_local_server_listens_on_loopback_only(restricted_server) -> None:
     sockets = listening_sockets(process_tree(restricted_server.pid))
     ports = {p for _, p, _ in sockets}
-    assert {restricted_server.http_port, restricted_server.grpc_port,
-            restricted_server.metrics_port} <= ports
+    assert {
+        restricted_server.http_port,
+        restricted_server.grpc_port,
+        restricted_server.metrics_port,
+    } <= ports
     assert {a for a, _, _ in sockets} == {"127.0.0.1"}, sockets
 
 
@@ -181,10 +198,24 @@ def test_local_server_listens_on_loopback_only(restricted_server) -> None:
 def test_serve_command_binds_loopback_by_default(exported_repo: Path) -> None:
     http, grpc, metrics = find_free_ports(3)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sam2_triton_app.cli", "serve", "--model-repository",
-         str(exported_repo), "--http-port", str(http), "--grpc-port", str(grpc),
-         "--metrics-port", str(metrics)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "sam2_triton_app.cli",
+            "serve",
+            "--model-repository",
+            str(exported_repo),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         output = []
         for line in proc.stdout:
@@ -224,8 +255,20 @@ def test_unrestricted_local_server_cannot_be_reconfigured(triton_server) -> None
 
 
 # --- the source tree ---------------------------------------------------------------------------
-_SKIP_DIRS = {".git", ".venv", "venv", "build", "dist", "__pycache__", ".hypothesis", "outputs",
-              ".pytest_cache", ".ruff_cache", "node_modules", ".pixi"}
+_SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "__pycache__",
+    ".hypothesis",
+    "outputs",
+    ".pytest_cache",
+    ".ruff_cache",
+    "node_modules",
+    ".pixi",
+}
 
 
 def _tree_files(suffixes: tuple[str, ...]) -> list[Path]:
@@ -251,8 +294,12 @@ def _unsafe_calls(tree: ast.AST) -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             torch_names |= {a.asname for a in node.names if a.name == "torch" and a.asname}
-        if isinstance(node, ast.ImportFrom) and node.module in ("torch", "pickle", "dill",
-                                                                 "cloudpickle"):
+        if isinstance(node, ast.ImportFrom) and node.module in (
+            "torch",
+            "pickle",
+            "dill",
+            "cloudpickle",
+        ):
             for a in node.names:
                 if a.name in ("load", "loads"):
                     found.append((node.lineno, f"from {node.module} import {a.name}"))
@@ -270,14 +317,20 @@ def _unsafe_calls(tree: ast.AST) -> list[tuple[int, str]]:
 
         if name in torch_names and attr == "load" and not true("weights_only"):
             found.append((node.lineno, "torch.load without weights_only=True"))
-        elif name in ("pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve") and \
-                attr in ("load", "loads", "open"):
+        elif name in ("pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve") and attr in (
+            "load",
+            "loads",
+            "open",
+        ):
             found.append((node.lineno, f"{name}.{attr}"))
         elif name in ("np", "numpy") and attr == "load" and true("allow_pickle"):
             found.append((node.lineno, "numpy.load(allow_pickle=True)"))
         elif name == "yaml" and attr in ("load", "load_all", "unsafe_load", "full_load"):
             loader = kw.get("Loader", node.args[1] if len(node.args) > 1 else None)
-            safe = isinstance(loader, ast.Attribute) and loader.attr in ("SafeLoader", "CSafeLoader")
+            safe = isinstance(loader, ast.Attribute) and loader.attr in (
+                "SafeLoader",
+                "CSafeLoader",
+            )
             if not safe:
                 found.append((node.lineno, f"yaml.{attr} without SafeLoader"))
     return found
@@ -289,7 +342,9 @@ def test_no_unsafe_deserialisation_in_the_source_tree() -> None:
     assert any(p.name == "checkpoints.py" for p in py_files)  # the walk sees the product code
     for path in py_files:
         tree = ast.parse(path.read_text(), filename=str(path))
-        problems += [f"{path.relative_to(ROOT)}:{line}: {what}" for line, what in _unsafe_calls(tree)]
+        problems += [
+            f"{path.relative_to(ROOT)}:{line}: {what}" for line, what in _unsafe_calls(tree)
+        ]
     # examples in documentation and scripts count too
     for path in _tree_files((".md", ".sh", ".toml", ".ipynb", ".txt", ".cfg")):
         for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):

@@ -38,9 +38,15 @@ def _client(server, protocol: str):
 def _infer(module, client, model: str, arrays: dict[str, np.ndarray], outputs: list[str]):
     inputs = []
     for name, arr in arrays.items():
-        inp = module.InferInput(name, list(arr.shape), {
-            np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32",
-            np.dtype(np.float16): "FP16"}[arr.dtype])
+        inp = module.InferInput(
+            name,
+            list(arr.shape),
+            {
+                np.dtype(np.float32): "FP32",
+                np.dtype(np.int32): "INT32",
+                np.dtype(np.float16): "FP16",
+            }[arr.dtype],
+        )
         inp.set_data_from_numpy(arr)
         inputs.append(inp)
     result = client.infer(model, inputs, outputs=[module.InferRequestedOutput(o) for o in outputs])
@@ -51,8 +57,10 @@ def _infer(module, client, model: str, arrays: dict[str, np.ndarray], outputs: l
 def ort_sessions(exported_repo: Path):
     import onnxruntime as ort
 
-    return {m: ort.InferenceSession(str(repository.model_file(exported_repo, m)))
-            for m in (spec.ENCODER_MODEL, spec.DECODER_MODEL)}
+    return {
+        m: ort.InferenceSession(str(repository.model_file(exported_repo, m)))
+        for m in (spec.ENCODER_MODEL, spec.DECODER_MODEL)
+    }
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -65,8 +73,12 @@ def test_server_and_models_ready(triton_server, protocol: str) -> None:
 
 def test_metadata_and_config_via_curl(triton_server) -> None:
     def curl(path: str) -> dict:
-        out = subprocess.run(["curl", "-sf", f"{triton_server.http_url}{path}"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["curl", "-sf", f"{triton_server.http_url}{path}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return json.loads(out)
 
     meta = curl(f"/v2/models/{spec.DECODER_MODEL}")
@@ -88,12 +100,14 @@ def test_outputs_equal_in_process_onnxruntime(triton_server, ort_sessions, proto
         assert a.dtype == b.dtype and a.shape == b.shape, name
         assert np.abs(a.astype(np.float64) - b).max() <= 1e-5, name
     feeds = dict(zip(spec.FEATURE_NAMES, local[:3]))
-    feeds.update({
-        spec.POINT_COORDS: np.array([[[300.0, 200.0], [500.0, 700.0]]] * 3, np.float32),
-        spec.POINT_LABELS: np.array([[1, 0]] * 3, np.int32),
-        spec.MASK_INPUT: np.zeros((1, 1, 256, 256), np.float32),
-        spec.HAS_MASK_INPUT: np.zeros(1, np.float32),
-    })
+    feeds.update(
+        {
+            spec.POINT_COORDS: np.array([[[300.0, 200.0], [500.0, 700.0]]] * 3, np.float32),
+            spec.POINT_LABELS: np.array([[1, 0]] * 3, np.int32),
+            spec.MASK_INPUT: np.zeros((1, 1, 256, 256), np.float32),
+            spec.HAS_MASK_INPUT: np.zeros(1, np.float32),
+        }
+    )
     names = [t.name for t in spec.decoder_outputs()]
     served = _infer(module, client, spec.DECODER_MODEL, feeds, names)
     local = ort_sessions[spec.DECODER_MODEL].run(names, feeds)
@@ -104,12 +118,22 @@ def test_outputs_equal_in_process_onnxruntime(triton_server, ort_sessions, proto
 def test_wrong_shape_and_dtype_are_rejected_with_400(triton_server) -> None:
     _, client = _client(triton_server, "http")
     with pytest.raises(InferenceServerException) as err:
-        _infer(httpclient, client, spec.ENCODER_MODEL,
-               {spec.ENCODER_IMAGE: np.zeros((1, 3, 8, 8), np.float32)}, [spec.IMAGE_EMBED])
+        _infer(
+            httpclient,
+            client,
+            spec.ENCODER_MODEL,
+            {spec.ENCODER_IMAGE: np.zeros((1, 3, 8, 8), np.float32)},
+            [spec.IMAGE_EMBED],
+        )
     assert err.value.status() == "400" and "'image'" in err.value.message()
     with pytest.raises(InferenceServerException) as err:
-        _infer(httpclient, client, spec.DECODER_MODEL,
-               {spec.IMAGE_EMBED: np.zeros((1, 256, 64, 64), np.float16)}, [spec.LOW_RES_MASKS])
+        _infer(
+            httpclient,
+            client,
+            spec.DECODER_MODEL,
+            {spec.IMAGE_EMBED: np.zeros((1, 256, 64, 64), np.float16)},
+            [spec.LOW_RES_MASKS],
+        )
     assert err.value.status() == "400" and "image_embed" in err.value.message()
 
 
@@ -121,10 +145,16 @@ def test_metrics_count_requests_and_cache_hits(triton_server) -> None:
         _infer(module, client, spec.ENCODER_MODEL, {spec.ENCODER_IMAGE: image}, [spec.FINGERPRINT])
     after = metrics_text(triton_server.metrics_url)
     enc = {"model": spec.ENCODER_MODEL}
-    assert metric(after, "nv_inference_request_success", **enc) - \
-        metric(before, "nv_inference_request_success", **enc) == 2
-    assert metric(after, "nv_cache_num_hits_per_model", **enc) - \
-        metric(before, "nv_cache_num_hits_per_model", **enc) == 1
+    assert (
+        metric(after, "nv_inference_request_success", **enc)
+        - metric(before, "nv_inference_request_success", **enc)
+        == 2
+    )
+    assert (
+        metric(after, "nv_cache_num_hits_per_model", **enc)
+        - metric(before, "nv_cache_num_hits_per_model", **enc)
+        == 1
+    )
     assert metric(after, "nv_inference_request_success", model=spec.DECODER_MODEL) >= 0
     assert "nv_inference_request_success" in after and f'model="{spec.DECODER_MODEL}"' in after
 
@@ -132,7 +162,9 @@ def test_metrics_count_requests_and_cache_hits(triton_server) -> None:
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) missing")
 def test_metrics_exposition_parses_with_promtool(triton_server) -> None:
     text = metrics_text(triton_server.metrics_url)
-    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+    )
     # exit 3: Triton's own names trip promtool's naming lint (no _total suffix); 1: parse error
     assert proc.returncode in (0, 3), proc.stdout + proc.stderr
     assert "error while linting" not in proc.stderr
@@ -141,14 +173,18 @@ def test_metrics_exposition_parses_with_promtool(triton_server) -> None:
 def test_concurrent_encoder_requests_are_batched(triton_server) -> None:
     enc = {"model": spec.ENCODER_MODEL}
     before = metrics_text(triton_server.metrics_url)
-    images = [verify.model_input(verify.synthetic_image(120, 160, seed=100 + i), "float32")
-              for i in range(4)]
+    images = [
+        verify.model_input(verify.synthetic_image(120, 160, seed=100 + i), "float32")
+        for i in range(4)
+    ]
     errors: list[BaseException] = []
 
     def send(img: np.ndarray) -> None:
         try:
             module, client = _client(triton_server, "grpc")
-            _infer(module, client, spec.ENCODER_MODEL, {spec.ENCODER_IMAGE: img}, [spec.FINGERPRINT])
+            _infer(
+                module, client, spec.ENCODER_MODEL, {spec.ENCODER_IMAGE: img}, [spec.FINGERPRINT]
+            )
         except BaseException as exc:  # noqa: BLE001 - re-raised below in the test thread
             errors.append(exc)
 
@@ -159,9 +195,12 @@ def test_concurrent_encoder_requests_are_batched(triton_server) -> None:
         t.join()
     assert not errors
     after = metrics_text(triton_server.metrics_url)
-    inferences = metric(after, "nv_inference_count", **enc) - metric(before, "nv_inference_count", **enc)
-    executions = metric(after, "nv_inference_exec_count", **enc) - \
-        metric(before, "nv_inference_exec_count", **enc)
+    inferences = metric(after, "nv_inference_count", **enc) - metric(
+        before, "nv_inference_count", **enc
+    )
+    executions = metric(after, "nv_inference_exec_count", **enc) - metric(
+        before, "nv_inference_exec_count", **enc
+    )
     assert inferences == 4 and executions < inferences
 
 
@@ -173,10 +212,20 @@ def _free_port() -> int:
 
 
 def _serve(repo: Path, *extra: str) -> subprocess.CompletedProcess:
-    ports = ["--http-port", str(_free_port()), "--grpc-port", str(_free_port()),
-             "--metrics-port", str(_free_port())]
-    return subprocess.run([*CLI, "serve", "--model-repository", str(repo), *ports, *extra],
-                          capture_output=True, text=True, timeout=180)
+    ports = [
+        "--http-port",
+        str(_free_port()),
+        "--grpc-port",
+        str(_free_port()),
+        "--metrics-port",
+        str(_free_port()),
+    ]
+    return subprocess.run(
+        [*CLI, "serve", "--model-repository", str(repo), *ports, *extra],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_serve_names_a_missing_onnx_file(repo_copy: Path) -> None:
@@ -201,18 +250,44 @@ def test_serve_says_which_port_is_taken(exported_repo: Path) -> None:
         s.listen()
         port = s.getsockname()[1]
         proc = subprocess.run(
-            [*CLI, "serve", "--model-repository", str(exported_repo), "--http-port", str(port),
-             "--grpc-port", str(_free_port()), "--metrics-port", str(_free_port())],
-            capture_output=True, text=True, timeout=60)
+            [
+                *CLI,
+                "serve",
+                "--model-repository",
+                str(exported_repo),
+                "--http-port",
+                str(port),
+                "--grpc-port",
+                str(_free_port()),
+                "--metrics-port",
+                str(_free_port()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 1 and str(port) in proc.stderr and "in use" in proc.stderr
 
 
 def test_serve_prints_endpoints_and_stops_on_sigterm(exported_repo: Path) -> None:
     http = _free_port()
     proc = subprocess.Popen(
-        [*CLI, "serve", "--model-repository", str(exported_repo), "--http-port", str(http),
-         "--grpc-port", str(_free_port()), "--metrics-port", str(_free_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            *CLI,
+            "serve",
+            "--model-repository",
+            str(exported_repo),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(_free_port()),
+            "--metrics-port",
+            str(_free_port()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     deadline = time.monotonic() + 120
     for line in proc.stdout:

@@ -11,22 +11,45 @@ from collections.abc import Sequence
 # when their subcommand runs, so the client works without the export (torch) or serve
 # (nvidia-pytriton) extras installed.
 SUBCOMMANDS = {
-    "export": ("sam2_triton_export.main", "add_arguments", "run",
-               "export SAM 2.1 to ONNX, verify it, install it into a model repository"),
-    "serve": ("sam2_triton_serve.launcher", "add_serve_arguments", "serve_main",
-              "run the local Triton server (CPU flavour) on a model repository"),
-    "segment": ("sam2_triton_app.segment", "add_arguments", "run",
-                "segment an image through a running Triton server"),
-    "demo": ("sam2_triton_app.demo", "add_arguments", "run",
-             "export, serve locally, segment a sample image into a picture, stop"),
-    "loadtest": ("sam2_triton_bench.loadtest", "add_arguments", "run",
-                 "bounded load test of local Triton servers (loopback only): failures, "
-                 "serial equality, p99, memory"),
-    "bench": ("sam2_triton_bench.cli", "add_arguments", "run",
-              "benchmarks side by side: serving costs vs in-process, writes docs/benchmarks.md"),
+    "export": (
+        "sam2_triton_export.main",
+        "add_arguments",
+        "run",
+        "export SAM 2.1 to ONNX, verify it, install it into a model repository",
+    ),
+    "serve": (
+        "sam2_triton_serve.launcher",
+        "add_serve_arguments",
+        "serve_main",
+        "run the local Triton server (CPU flavour) on a model repository",
+    ),
+    "segment": (
+        "sam2_triton_app.segment",
+        "add_arguments",
+        "run",
+        "segment an image through a running Triton server",
+    ),
+    "demo": (
+        "sam2_triton_app.demo",
+        "add_arguments",
+        "run",
+        "export, serve locally, segment a sample image into a picture, stop",
+    ),
+    "loadtest": (
+        "sam2_triton_bench.loadtest",
+        "add_arguments",
+        "run",
+        "bounded load test of local Triton servers (loopback only): failures, "
+        "serial equality, p99, memory",
+    ),
+    "bench": (
+        "sam2_triton_bench.cli",
+        "add_arguments",
+        "run",
+        "benchmarks side by side: serving costs vs in-process, writes docs/benchmarks.md",
+    ),
 }
-EXTRAS = {"sam2_triton_export": "export", "sam2_triton_serve": "serve",
-          "sam2_triton_bench": "dev"}
+EXTRAS = {"sam2_triton_export": "export", "sam2_triton_serve": "serve", "sam2_triton_bench": "dev"}
 
 
 def _load(module: str):
@@ -34,8 +57,10 @@ def _load(module: str):
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         extra = EXTRAS.get(module.split(".")[0], "dev")
-        raise SystemExit(f"error: this command needs the '{extra}' extra ({exc.name} is missing): "
-                         f"pip install 'sam2-triton[{extra}]'") from exc
+        raise SystemExit(
+            f"error: this command needs the '{extra}' extra ({exc.name} is missing): "
+            f"pip install 'sam2-triton[{extra}]'"
+        ) from exc
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

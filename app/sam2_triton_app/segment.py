@@ -21,8 +21,9 @@ def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
     except ValueError:
         values = []
     if len(values) not in n:
-        raise argparse.ArgumentTypeError(f"{what} must be {' or '.join(map(str, n))} comma-separated "
-                                         f"numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"{what} must be {' or '.join(map(str, n))} comma-separated numbers, got {text!r}"
+        )
     return values
 
 
@@ -42,26 +43,46 @@ def box_arg(text: str) -> list[float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the segment options on ``parser``."""
     parser.add_argument("image", type=Path, help="image file (PNG, JPEG, ...)")
-    parser.add_argument("--point", type=point_arg, action="append", default=[], metavar="X,Y[,L]",
-                        help="a click in pixels; label 1 (default) = object, 0 = background. "
-                             "Repeatable; all points belong to one object")
-    parser.add_argument("--box", type=box_arg, action="append", default=[], metavar="X0,Y0,X1,Y1",
-                        help="a box in pixels; repeatable: each box is one object (points can "
-                             "be combined with at most one box)")
-    parser.add_argument("--url", default=None,
-                        help="Triton address host:port (default localhost:8001 for gRPC, "
-                             "localhost:8000 for HTTP)")
+    parser.add_argument(
+        "--point",
+        type=point_arg,
+        action="append",
+        default=[],
+        metavar="X,Y[,L]",
+        help="a click in pixels; label 1 (default) = object, 0 = background. "
+        "Repeatable; all points belong to one object",
+    )
+    parser.add_argument(
+        "--box",
+        type=box_arg,
+        action="append",
+        default=[],
+        metavar="X0,Y0,X1,Y1",
+        help="a box in pixels; repeatable: each box is one object (points can "
+        "be combined with at most one box)",
+    )
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="Triton address host:port (default localhost:8001 for gRPC, localhost:8000 for HTTP)",
+    )
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     parser.add_argument("--timeout", type=float, default=120.0, help="request timeout, seconds")
-    parser.add_argument("--multimask", choices=("auto", "on", "off"), default="auto",
-                        help="predict 3 candidate masks and keep the best: auto = only for a "
-                             "single click (ambiguous), as SAM 2 recommends")
-    parser.add_argument("--output", type=Path, help="mask PNG: 255 = object (one object), "
-                        "k = object k (several)")
+    parser.add_argument(
+        "--multimask",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="predict 3 candidate masks and keep the best: auto = only for a "
+        "single click (ambiguous), as SAM 2 recommends",
+    )
+    parser.add_argument(
+        "--output", type=Path, help="mask PNG: 255 = object (one object), k = object k (several)"
+    )
     parser.add_argument("--overlay", type=Path, help="picture of the masks over the image")
     parser.add_argument("--json", type=Path, help="scores, areas, boxes (and RLE) as JSON")
-    parser.add_argument("--rle", action="store_true", help="add COCO RLE masks to --json "
-                        "(needs pycocotools)")
+    parser.add_argument(
+        "--rle", action="store_true", help="add COCO RLE masks to --json (needs pycocotools)"
+    )
 
 
 def _prompts(args: argparse.Namespace) -> list[Prompt]:
@@ -70,13 +91,19 @@ def _prompts(args: argparse.Namespace) -> list[Prompt]:
     if not args.point and not args.box:
         raise SystemExit("error: give at least one --point or --box")
     if len(args.box) > 1 and args.point:
-        raise SystemExit("error: points can be combined with at most one --box "
-                         f"(got {len(args.box)} boxes); segment each object separately")
+        raise SystemExit(
+            "error: points can be combined with at most one --box "
+            f"(got {len(args.box)} boxes); segment each object separately"
+        )
     if len(args.box) > 1:
         return [Prompt(box=np.array(b)) for b in args.box]
-    return [Prompt(point_coords=points if len(points) else None,
-                   point_labels=labels if len(points) else None,
-                   box=np.array(args.box[0]) if args.box else None)]
+    return [
+        Prompt(
+            point_coords=points if len(points) else None,
+            point_labels=labels if len(points) else None,
+            box=np.array(args.box[0]) if args.box else None,
+        )
+    ]
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -96,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if not (args.output or args.overlay or args.json):
         print("note: no --output/--overlay/--json given; printing scores only", file=sys.stderr)
     multimask = {"on": True, "off": False}.get(
-        args.multimask, len(prompts) == 1 and prompts[0].box is None and len(args.point) == 1)
+        args.multimask, len(prompts) == 1 and prompts[0].box is None and len(args.point) == 1
+    )
     try:
         image01 = transforms.load_image(args.image)
         with SAM2Client(args.url, args.protocol, timeout_s=args.timeout) as client:
@@ -110,10 +138,20 @@ def run(args: argparse.Namespace) -> int:
     objects = []
     for i, (pred, mask) in enumerate(zip(predictions, best)):
         ys, xs = np.nonzero(mask)
-        obj = {"object": i + 1, "score": float(pred.scores.max()), "area": int(mask.sum()),
-               "bbox_xywh": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                             int(ys.max() - ys.min() + 1)] if len(xs) else None,
-               "object_score_logit": pred.object_score_logits}
+        obj = {
+            "object": i + 1,
+            "score": float(pred.scores.max()),
+            "area": int(mask.sum()),
+            "bbox_xywh": [
+                int(xs.min()),
+                int(ys.min()),
+                int(xs.max() - xs.min() + 1),
+                int(ys.max() - ys.min() + 1),
+            ]
+            if len(xs)
+            else None,
+            "object_score_logit": pred.object_score_logits,
+        }
         if args.rle:
             obj["rle"] = _rle(mask)
         objects.append(obj)
@@ -127,8 +165,13 @@ def run(args: argparse.Namespace) -> int:
         boxes = np.array(args.box) if args.box else None
         visualize.overlay(rgb, best, points=points, labels=labels, boxes=boxes).save(args.overlay)
     if args.json:
-        result = {"image": str(args.image), "width": w, "height": h, "multimask_output": multimask,
-                  "objects": objects}
+        result = {
+            "image": str(args.image),
+            "width": w,
+            "height": h,
+            "multimask_output": multimask,
+            "objects": objects,
+        }
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     for path in (args.output, args.overlay, args.json):
         if path:

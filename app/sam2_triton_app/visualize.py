@@ -8,13 +8,26 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # Distinct, colour-blind-friendly colours (Okabe-Ito), RGB.
-PALETTE = ((0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233),
-           (213, 94, 0), (240, 228, 66))
+PALETTE = (
+    (0, 114, 178),
+    (230, 159, 0),
+    (0, 158, 115),
+    (204, 121, 167),
+    (86, 180, 233),
+    (213, 94, 0),
+    (240, 228, 66),
+)
 
 
-def overlay(image: np.ndarray, masks: Sequence[np.ndarray], *, alpha: float = 0.5,
-            points: np.ndarray | None = None, labels: np.ndarray | None = None,
-            boxes: np.ndarray | None = None) -> Image.Image:
+def overlay(
+    image: np.ndarray,
+    masks: Sequence[np.ndarray],
+    *,
+    alpha: float = 0.5,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
+) -> Image.Image:
     """Blend masks onto an image and draw the prompts.
 
     image: ``[H, W, 3]`` uint8 RGB. masks: K boolean ``[H, W]`` masks (one colour each).
@@ -29,16 +42,23 @@ def overlay(image: np.ndarray, masks: Sequence[np.ndarray], *, alpha: float = 0.
     picture = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     radius = max(3, round(min(image.shape[:2]) / 120))
-    for i, box in enumerate(np.zeros((0, 4)) if boxes is None else np.asarray(boxes).reshape(-1, 4)):
-        draw.rectangle([float(v) for v in box], outline=PALETTE[i % len(PALETTE)],
-                       width=max(2, radius // 2))
+    for i, box in enumerate(
+        np.zeros((0, 4)) if boxes is None else np.asarray(boxes).reshape(-1, 4)
+    ):
+        draw.rectangle(
+            [float(v) for v in box], outline=PALETTE[i % len(PALETTE)], width=max(2, radius // 2)
+        )
     if points is not None:
         pts = np.asarray(points).reshape(-1, 2)
         labs = np.ones(len(pts)) if labels is None else np.asarray(labels).reshape(-1)
         for (x, y), lab in zip(pts, labs):
             fill = (0, 200, 0) if lab == 1 else (220, 0, 0)
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill,
-                         outline=(255, 255, 255), width=max(1, radius // 3))
+            draw.ellipse(
+                [x - radius, y - radius, x + radius, y + radius],
+                fill=fill,
+                outline=(255, 255, 255),
+                width=max(1, radius // 3),
+            )
     return picture
 
 

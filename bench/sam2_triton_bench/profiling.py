@@ -88,24 +88,12 @@ def section_profile(self: Bench) -> dict:
 
 def _upsample_bands(self: Bench, pred) -> dict | None:
     """``upsample_masks`` of this click's 3 masks: one thread vs the parallel row bands it
-    uses for large outputs (interleaved; same results, checked).
-
-    The one-thread variant needs the SDK's private row kernel (``transforms._upsample_rows``,
-    ``_linear_weights``, ``_row_bands``): there is no public way to ask ``upsample_masks`` for one
-    thread. Measured only while those exist; None otherwise.
-    """
-    if not all(hasattr(transforms, f) for f in ("_upsample_rows", "_linear_weights", "_row_bands")):
-        return None
+    uses for large outputs (interleaved; same results, checked)."""
     low = np.ascontiguousarray(pred.low_res_logits[None], dtype=np.float32)
     hw = self.images.hw
-    h, w = hw
-    rows = transforms._linear_weights(low.shape[2], h)
-    cols = transforms._linear_weights(low.shape[3], w)
 
     def one_thread() -> np.ndarray:
-        out = np.empty((*low.shape[:2], h, w), dtype=bool)
-        transforms._upsample_rows(low, out, rows, cols, 0.0, 0, h)
-        return out
+        return transforms.upsample_masks(low, hw, 0.0, threads=1)
 
     if not np.array_equal(one_thread(), transforms.upsample_masks(low, hw, 0.0)):
         return {"error": "one-thread and banded results differ"}
@@ -122,7 +110,7 @@ def _upsample_bands(self: Bench, pred) -> dict | None:
             samples[name].append(time.perf_counter() - w0)
             cpu[name].append(time.process_time() - c0)
     return {
-        "bands": len(transforms._row_bands(h, 3 * h * w)),
+        "threads": min(os.cpu_count() or 1, 4),
         **{k: {"wall": summarize(v), "cpu": summarize(cpu[k])} for k, v in samples.items()},
     }
 

@@ -761,7 +761,7 @@ def render(results: dict, plots: dict[str, str], json_name: str) -> str:
         if ups and "error" not in ups:
             one, par = ups["one thread"], ups["parallel bands"]
             w(
-                f"**Mask upsampling, one thread vs {ups['bands']} parallel row bands** (this "
+                f"**Mask upsampling, one thread vs up to {ups['threads']} parallel row bands** (this "
                 f"click's 3 masks at {cfg['image_size'][0]}×{cfg['image_size'][1]}, bit-identical "
                 f"results, interleaved, {one['wall']['n']} each): wall "
                 f"{fmt_s(one['wall']['median'])} → {fmt_s(par['wall']['median'])} (median), "

@@ -424,7 +424,10 @@ def select_masks(
 
 
 def upsample_masks(
-    low_res: np.ndarray, orig_hw: tuple[int, int], threshold: float | None = None
+    low_res: np.ndarray,
+    orig_hw: tuple[int, int],
+    threshold: float | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Bilinear resize of ``[N, C, h, w]`` float32 logits to ``[N, C, H, W]``.
 
@@ -436,16 +439,20 @@ def upsample_masks(
     ``logits > threshold`` as bool, without materialising the float32 logits.
 
     Large outputs (``N * C * H * W >= 2**20``) are split into bands of output rows computed in
-    parallel threads (numpy releases the GIL in these loops); every output value is computed
-    by the same operations either way.
+    parallel threads (numpy releases the GIL in these loops; at most ``threads``, default: up
+    to 4, one per core); every output value is computed by the same operations either way.
     """
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1
+    ):
+        raise InvalidInputError(f"threads must be a positive int or None, got {threads!r}")
     x = _check_masks(low_res, "low_res")
     h_out, w_out = _check_hw(orig_hw)
     n, c, h_in, w_in = x.shape
     rows = _linear_weights(h_in, h_out)
     cols = _linear_weights(w_in, w_out)
     out = np.empty((n, c, h_out, w_out), dtype=_F32 if threshold is None else bool)
-    bands = _row_bands(h_out, n * c * h_out * w_out)
+    bands = _row_bands(h_out, n * c * h_out * w_out, threads)
     if len(bands) == 1:
         _upsample_rows(x, out, rows, cols, threshold, 0, h_out)
         return out
@@ -471,9 +478,9 @@ def upsample_masks(
 _PARALLEL_MIN_PIXELS = 1 << 20  # below this, a thread costs more than it saves
 
 
-def _row_bands(h_out: int, total_pixels: int) -> list[tuple[int, int]]:
+def _row_bands(h_out: int, total_pixels: int, threads: int | None) -> list[tuple[int, int]]:
     """Contiguous ``[r0, r1)`` bands of output rows, one per core used (at most 4)."""
-    workers = min(os.cpu_count() or 1, 4, max(1, h_out // 64))
+    workers = min(os.cpu_count() or 1, 4, max(1, h_out // 64), threads or 4)
     if total_pixels < _PARALLEL_MIN_PIXELS or workers < 2:
         return [(0, h_out)]
     edges = [round(i * h_out / workers) for i in range(workers + 1)]

@@ -65,16 +65,24 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SAM2_TRITON_CACHE", Path.home() / ".cache" / "sam2-triton"))
 
 
-def download(variant: str, dest_dir: str | os.PathLike[str] | None = None,
-             progress: Callable[[int, int], None] | None = None) -> Path:
+def download(
+    variant: str,
+    dest_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Download a variant's official checkpoint into ``dest_dir``; see ``download_file``."""
     info = checkpoint_info(variant)
     dest = Path(dest_dir) if dest_dir is not None else default_cache_dir()
     return download_file(info.url, dest / info.file, info.sha256, info.bytes, progress)
 
 
-def download_file(url: str, final: Path, sha256: str, size: int,
-                  progress: Callable[[int, int], None] | None = None) -> Path:
+def download_file(
+    url: str,
+    final: Path,
+    sha256: str,
+    size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Download ``url`` to ``final``, verified against ``sha256`` and ``size``.
 
     The data goes to ``<final>.part`` and is renamed only after size and sha256 match, so a
@@ -88,7 +96,8 @@ def download_file(url: str, final: Path, sha256: str, size: int,
             return final
         raise DownloadError(
             f"{final} exists but its sha256 does not match the published {sha256}; "
-            "delete it and retry")
+            "delete it and retry"
+        )
     part = final.with_name(final.name + ".part")
     done = part.stat().st_size if part.exists() else 0
     if done > size:
@@ -112,16 +121,19 @@ def download_file(url: str, final: Path, sha256: str, size: int,
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(
             f"downloading {url} failed after {done} of {size} bytes ({exc}); "
-            f"run the command again to resume from {part}") from exc
+            f"run the command again to resume from {part}"
+        ) from exc
     if done != size:
-        raise DownloadError(f"{url}: got {done} bytes, expected {size}; run the command again "
-                            f"to resume from {part}")
+        raise DownloadError(
+            f"{url}: got {done} bytes, expected {size}; run the command again to resume from {part}"
+        )
     actual = sha256_file(part)
     if actual != sha256:
         part.unlink()
         raise DownloadError(
             f"{url}: sha256 {actual} does not match the published {sha256}; "
-            "the downloaded file was deleted")
+            "the downloaded file was deleted"
+        )
     os.replace(part, final)
     return final
 
@@ -136,19 +148,22 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint (not a torch.save zip archive; truncated "
-            "download or wrong file?)")
+            "download or wrong file?)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path} contains objects other than tensors; refusing to unpickle it "
-            "(weights_only=True)") from exc
+            "(weights_only=True)"
+        ) from exc
     except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(obj, dict) or "model" not in obj or not isinstance(obj["model"], dict):
         raise CheckpointError(
             f"{path} is not an official SAM 2 checkpoint: expected a dict with a 'model' "
-            f"state dict, got {type(obj).__name__} with keys {sorted(obj)[:5] if isinstance(obj, dict) else '-'}")
+            f"state dict, got {type(obj).__name__} with keys {sorted(obj)[:5] if isinstance(obj, dict) else '-'}"
+        )
     return obj["model"]
 
 
@@ -177,16 +192,20 @@ def _check_keys(variant: str, model: Any, state_dict: dict[str, Any]) -> None:
         hint = ""
         # SAM 2.1 added these; a SAM 2.0 checkpoint lacks them.
         if any(k.startswith(("no_obj_embed_spatial", "obj_ptr_tpos_proj")) for k in missing):
-            hint = (" This looks like a SAM 2 (2.0) checkpoint; sam2-triton exports SAM 2.1 "
-                    f"(download sam2.1_hiera_{variant}.pt).")
+            hint = (
+                " This looks like a SAM 2 (2.0) checkpoint; sam2-triton exports SAM 2.1 "
+                f"(download sam2.1_hiera_{variant}.pt)."
+            )
         raise CheckpointError(
             f"checkpoint does not match the SAM 2.1 {variant} config: {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}).{hint}")
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}).{hint}"
+        )
     for key, tensor in expected.items():
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
             raise CheckpointError(
                 f"checkpoint does not match the SAM 2.1 {variant} config: {key} has shape "
-                f"{tuple(state_dict[key].shape)}, expected {tuple(tensor.shape)} (another variant?)")
+                f"{tuple(state_dict[key].shape)}, expected {tuple(tensor.shape)} (another variant?)"
+            )
 
 
 def weights_fingerprint(model: Any) -> tuple[int, int]:
@@ -201,5 +220,7 @@ def weights_fingerprint(model: Any) -> tuple[int, int]:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
     raw = digest.digest()[:8]
-    return (int.from_bytes(raw[:4], "little", signed=True),
-            int.from_bytes(raw[4:], "little", signed=True))
+    return (
+        int.from_bytes(raw[:4], "little", signed=True),
+        int.from_bytes(raw[4:], "little", signed=True),
+    )

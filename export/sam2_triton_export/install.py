@@ -86,8 +86,10 @@ def _signals_deferred() -> Iterator[None]:
         yield
         return
     pending: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: pending.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, lambda signum, _frame: pending.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -102,8 +104,7 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def install(staged: Path, repository: str | os.PathLike[str], files: list[str],
-            last: str) -> None:
+def install(staged: Path, repository: str | os.PathLike[str], files: list[str], last: str) -> None:
     """Move ``files`` (paths relative to ``staged``) into ``repository``, then ``last``.
 
     Each target is replaced atomically; existing files not listed are left alone.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -22,36 +23,70 @@ logger = logging.getLogger(__name__)
 
 RANDOM_WARNING = (
     "WARNING: RANDOM WEIGHTS (seed {seed}). These models produce meaningless masks; they exist "
-    "for offline tests and demos. Use --checkpoint or --download for real SAM 2.1 weights.")
+    "for offline tests and demos. Use --checkpoint or --download for real SAM 2.1 weights."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the export options on ``parser``."""
-    parser.add_argument("--variant", choices=checkpoints.VARIANTS, default="tiny",
-                        help="SAM 2.1 model size (default: tiny)")
+    parser.add_argument(
+        "--variant",
+        choices=checkpoints.VARIANTS,
+        default="tiny",
+        help="SAM 2.1 model size (default: tiny)",
+    )
     weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--checkpoint", type=Path, metavar="PATH",
-                         help="official SAM 2.1 checkpoint file (.pt, {'model': state_dict})")
-    weights.add_argument("--download", action="store_true",
-                         help="download the official checkpoint (sha256-verified, resumable) "
-                              "into --cache-dir")
-    weights.add_argument("--random-weights", action="store_true",
-                         help="random weights: torch.manual_seed(--seed) then build_sam2(...); "
-                              "for offline tests only, masks are meaningless")
+    weights.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="official SAM 2.1 checkpoint file (.pt, {'model': state_dict})",
+    )
+    weights.add_argument(
+        "--download",
+        action="store_true",
+        help="download the official checkpoint (sha256-verified, resumable) into --cache-dir",
+    )
+    weights.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random weights: torch.manual_seed(--seed) then build_sam2(...); "
+        "for offline tests only, masks are meaningless",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default 0)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where --download keeps checkpoints (default: $SAM2_TRITON_CACHE or "
-                             "~/.cache/sam2-triton)")
-    parser.add_argument("--output", type=Path, default=Path("model_repository"),
-                        help="model repository root (default: model_repository)")
-    parser.add_argument("--image-dtype", choices=("float32", "float16", "uint8"), default="float32",
-                        help="encoder input dtype: float32 is exact (12 MB/image); float16 "
-                             "(6 MB) and uint8 (3 MB) are compact, see docs/export.md")
-    parser.add_argument("--embedding-dtype", choices=("fp32", "fp16"), default="fp32",
-                        help="dtype of the features passed from encoder to decoder: fp16 halves "
-                             "the 16.8 MB each decode call carries (default fp32)")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="max abs difference allowed between ONNX and PyTorch (default 1e-4)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where --download keeps checkpoints (default: $SAM2_TRITON_CACHE or "
+        "~/.cache/sam2-triton)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("model_repository"),
+        help="model repository root (default: model_repository)",
+    )
+    parser.add_argument(
+        "--image-dtype",
+        choices=("float32", "float16", "uint8"),
+        default="float32",
+        help="encoder input dtype: float32 is exact (12 MB/image); float16 "
+        "(6 MB) and uint8 (3 MB) are compact, see docs/export.md",
+    )
+    parser.add_argument(
+        "--embedding-dtype",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="dtype of the features passed from encoder to decoder: fp16 halves "
+        "the 16.8 MB each decode call carries (default fp32)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="max abs difference allowed between ONNX and PyTorch (default 1e-4)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,15 +105,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _progress(done: int, total: int) -> None:
     pct = 100 * done / total if total else 0
-    print(f"\r  downloading: {done / 1e6:7.1f} / {total / 1e6:.1f} MB ({pct:5.1f} %)",
-          end="" if done < total else "\n", file=sys.stderr, flush=True)
+    print(
+        f"\r  downloading: {done / 1e6:7.1f} / {total / 1e6:.1f} MB ({pct:5.1f} %)",
+        end="" if done < total else "\n",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _weights(args: argparse.Namespace) -> tuple[dict | None, dict]:
     if args.random_weights:
         print(RANDOM_WARNING.format(seed=args.seed), file=sys.stderr)
-        return None, {"random": True, "seed": args.seed,
-                      "description": f"random seed {args.seed}"}
+        return None, {"random": True, "seed": args.seed, "description": f"random seed {args.seed}"}
     path = args.checkpoint
     if args.download:
         info = checkpoints.checkpoint_info(args.variant)
@@ -88,9 +126,12 @@ def _weights(args: argparse.Namespace) -> tuple[dict | None, dict]:
     digest = checkpoints.sha256_file(path)
     official = checkpoints.checkpoint_info(args.variant)
     return checkpoints.load_state_dict(path), {
-        "random": False, "path": str(path), "sha256": digest,
+        "random": False,
+        "path": str(path),
+        "sha256": digest,
         "official": digest == official.sha256,
-        "description": f"{path.name} sha256 {digest[:12]}"}
+        "description": f"{path.name} sha256 {digest[:12]}",
+    }
 
 
 def export(args: argparse.Namespace) -> dict:
@@ -113,21 +154,29 @@ def export(args: argparse.Namespace) -> dict:
     dec_rel = f"{spec.DECODER_MODEL}/1/{repository.MODEL_FILENAME}"
     with install.staging_dir(args.output) as staged:
         timings = {}
-        for rel, fn in ((enc_rel, lambda p: onnx_export.export_encoder(encoder, p)),
-                        (dec_rel, lambda p: onnx_export.export_decoder(decoder, p, feature_dtype))):
+        for rel, fn in (
+            (enc_rel, lambda p: onnx_export.export_encoder(encoder, p)),
+            (dec_rel, lambda p: onnx_export.export_decoder(decoder, p, feature_dtype)),
+        ):
             (staged / rel).parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             print(f"Exporting {rel} ...", file=sys.stderr)
             fn(staged / rel)
             onnx_export.check_onnx(staged / rel)
             timings[rel.split("/")[0]] = round(time.perf_counter() - start, 1)
-        print("Verifying with onnxruntime against PyTorch and SAM2ImagePredictor ...", file=sys.stderr)
+        print(
+            "Verifying with onnxruntime against PyTorch and SAM2ImagePredictor ...", file=sys.stderr
+        )
         start = time.perf_counter()
-        report = verify.verify(model, encoder, decoder, staged / enc_rel, staged / dec_rel,
-                               tolerance=args.tolerance)
+        report = verify.verify(
+            model, encoder, decoder, staged / enc_rel, staged / dec_rel, tolerance=args.tolerance
+        )
         timings["verify"] = round(time.perf_counter() - start, 1)
         _print_report(report)
         verify.check(report)
+        # TensorRT engines are named by the exported files: a re-export never reuses old ones.
+        key = repository.engine_cache_key([staged / enc_rel, staged / dec_rel], opts)
+        opts = dataclasses.replace(opts, engine_cache_key=key)
         for rel, text in repository.config_files(opts).items():
             (staged / rel).parent.mkdir(parents=True, exist_ok=True)
             (staged / rel).write_text(text)
@@ -140,16 +189,28 @@ def export(args: argparse.Namespace) -> dict:
             "fingerprint": list(fingerprint),
             "image_dtype": args.image_dtype,
             "feature_dtype": feature_dtype,
-            "versions": {"sam2": metadata.version("sam2"), "torch": torch.__version__,
-                         "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                         "opset": onnx_export.OPSET, "sam2_triton": metadata.version("sam2-triton")},
-            "models": {rel.split("/")[0]: _describe(staged / rel, rel) for rel in (enc_rel, dec_rel)},
+            "engine_cache_key": key,
+            "versions": {
+                "sam2": metadata.version("sam2"),
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "opset": onnx_export.OPSET,
+                "sam2_triton": metadata.version("sam2-triton"),
+            },
+            "models": {
+                rel.split("/")[0]: _describe(staged / rel, rel) for rel in (enc_rel, dec_rel)
+            },
             "parity": report.as_dict(),
             "seconds": {**timings, "total": round(time.perf_counter() - t0, 1)},
         }
         (staged / repository.MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        install.install(staged, args.output, [enc_rel, dec_rel, *repository.config_files(opts)],
-                        last=repository.MANIFEST_FILENAME)
+        install.install(
+            staged,
+            args.output,
+            [enc_rel, dec_rel, *repository.config_files(opts)],
+            last=repository.MANIFEST_FILENAME,
+        )
     return manifest
 
 
@@ -163,13 +224,23 @@ def _describe(path: Path, rel: str) -> dict:
         for v in values:
             t = v.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                        "shape": dims})
+            out.append(
+                {
+                    "name": v.name,
+                    "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                    "shape": dims,
+                }
+            )
         return out
 
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {"file": rel, "sha256": digest, "bytes": path.stat().st_size,
-            "inputs": sig(model.graph.input), "outputs": sig(model.graph.output)}
+    return {
+        "file": rel,
+        "sha256": digest,
+        "bytes": path.stat().st_size,
+        "inputs": sig(model.graph.input),
+        "outputs": sig(model.graph.output),
+    }
 
 
 def _print_report(report: verify.ParityReport) -> None:
@@ -179,6 +250,8 @@ def _print_report(report: verify.ParityReport) -> None:
     print("  End to end vs SAM2ImagePredictor (max abs diff):", file=sys.stderr)
     for k, v in report.vs_sam2.items():
         print(f"    {k:50s} {v:.2e}", file=sys.stderr)
-    print(f"    {'min mask IoU':50s} {report.min_mask_iou:.6f} (required >= {report.min_iou_required})",
-          file=sys.stderr)
+    print(
+        f"    {'min mask IoU':50s} {report.min_mask_iou:.6f} (required >= {report.min_iou_required})",
+        file=sys.stderr,
+    )
     print(f"  verification {'PASSED' if report.passed else 'FAILED'}", file=sys.stderr)

@@ -24,8 +24,13 @@ class ImageEncoder(nn.Module):
     high_res_feats_1 [B,64,128,128] (``feature_dtype``), model_fingerprint [B,2] int32.
     """
 
-    def __init__(self, model: nn.Module, fingerprint: tuple[int, int],
-                 image_dtype: str = "float32", feature_dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        fingerprint: tuple[int, int],
+        image_dtype: str = "float32",
+        feature_dtype: str = "float32",
+    ) -> None:
         super().__init__()
         self.model = model
         self.image_dtype = image_dtype
@@ -70,13 +75,20 @@ class PromptDecoder(nn.Module):
         self.mask_decoder = model.sam_mask_decoder
         self.register_buffer("fingerprint", torch.tensor(fingerprint, dtype=torch.int32))
 
-    def forward(self, image_embed: torch.Tensor, high_res_feats_0: torch.Tensor,
-                high_res_feats_1: torch.Tensor, point_coords: torch.Tensor,
-                point_labels: torch.Tensor, mask_input: torch.Tensor,
-                has_mask_input: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        image_embed: torch.Tensor,
+        high_res_feats_0: torch.Tensor,
+        high_res_feats_1: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         # SAM2ImagePredictor passes boxes as points, so the prompt encoder always pads (+1 point).
         sparse = self.prompt_encoder._embed_points(
-            point_coords, point_labels.to(torch.float32), pad=True)
+            point_coords, point_labels.to(torch.float32), pad=True
+        )
         masked = self.prompt_encoder.mask_downscaling(mask_input)
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand_as(masked)
         dense = torch.where(has_mask_input.reshape(-1, 1, 1, 1) > 0.5, masked, no_mask)
@@ -86,7 +98,9 @@ class PromptDecoder(nn.Module):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             repeat_image=True,
-            high_res_features=[high_res_feats_0.to(torch.float32),
-                               high_res_feats_1.to(torch.float32)],
+            high_res_features=[
+                high_res_feats_0.to(torch.float32),
+                high_res_feats_1.to(torch.float32),
+            ],
         )
         return masks, iou_pred, object_score_logits, self.fingerprint

@@ -22,7 +22,9 @@ def _names(specs: tuple[spec.TensorSpec, ...]) -> list[str]:
     return [t.name for t in specs]
 
 
-def _dynamic_axes(specs: tuple[spec.TensorSpec, ...], labels: dict[int, str]) -> dict[str, dict[int, str]]:
+def _dynamic_axes(
+    specs: tuple[spec.TensorSpec, ...], labels: dict[int, str]
+) -> dict[str, dict[int, str]]:
     axes: dict[str, dict[int, str]] = {}
     for t in specs:
         dyn = {i: labels.get(i, f"{t.name}_{i}") for i, d in enumerate(t.shape) if d == -1}
@@ -31,20 +33,33 @@ def _dynamic_axes(specs: tuple[spec.TensorSpec, ...], labels: dict[int, str]) ->
     return axes
 
 
-def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path,
-            inputs: tuple[spec.TensorSpec, ...], outputs: tuple[spec.TensorSpec, ...],
-            axes: dict[str, dict[int, str]]) -> None:
+def _export(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: tuple[spec.TensorSpec, ...],
+    outputs: tuple[spec.TensorSpec, ...],
+    axes: dict[str, dict[int, str]],
+) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python values are expected
         torch.onnx.export(
-            module, args, str(path), input_names=_names(inputs), output_names=_names(outputs),
-            dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            module,
+            args,
+            str(path),
+            input_names=_names(inputs),
+            output_names=_names(outputs),
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
         )
     _annotate_outputs(path, outputs, axes)
 
 
-def _annotate_outputs(path: Path, outputs: tuple[spec.TensorSpec, ...],
-                      axes: dict[str, dict[int, str]]) -> None:
+def _annotate_outputs(
+    path: Path, outputs: tuple[spec.TensorSpec, ...], axes: dict[str, dict[int, str]]
+) -> None:
     """Write the spec's output shapes into the graph (the tracer loses them after reshapes),
     so Triton, TensorRT and readers see [N,4,256,256] instead of four unknown dimensions."""
     import onnx
@@ -66,7 +81,9 @@ def _annotate_outputs(path: Path, outputs: tuple[spec.TensorSpec, ...],
 
 def export_encoder(encoder: ImageEncoder, path: str | os.PathLike[str]) -> None:
     """Write the encoder ONNX with a dynamic batch dimension."""
-    dtype = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}[encoder.image_dtype]
+    dtype = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}[
+        encoder.image_dtype
+    ]
     example = torch.rand(1, 3, spec.IMAGE_SIZE, spec.IMAGE_SIZE)
     example = (example * 255).round().to(dtype) if dtype == torch.uint8 else example.to(dtype)
     ins = spec.encoder_inputs(encoder.image_dtype)
@@ -75,13 +92,16 @@ def export_encoder(encoder: ImageEncoder, path: str | os.PathLike[str]) -> None:
     _export(encoder.eval(), (example,), Path(path), ins, outs, axes)
 
 
-def decoder_example(feature_dtype: str, n: int = 2, p: int = 3, m: int = 2,
-                    seed: int = 0) -> tuple[torch.Tensor, ...]:
+def decoder_example(
+    feature_dtype: str, n: int = 2, p: int = 3, m: int = 2, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
     """Random decoder inputs in the spec's order: features [1,...], N prompts of P points, M masks."""
     g = torch.Generator().manual_seed(seed)
     dtype = {"float32": torch.float32, "float16": torch.float16}[feature_dtype]
-    feats = [torch.randn(1, *spec.FEATURE_SHAPES[name], generator=g).to(dtype)
-             for name in spec.FEATURE_NAMES]
+    feats = [
+        torch.randn(1, *spec.FEATURE_SHAPES[name], generator=g).to(dtype)
+        for name in spec.FEATURE_NAMES
+    ]
     coords = torch.rand(n, p, 2, generator=g) * spec.IMAGE_SIZE
     labels = torch.randint(0, 2, (n, p), generator=g, dtype=torch.int32)
     masks = torch.randn(m, 1, spec.LOW_RES_SIZE, spec.LOW_RES_SIZE, generator=g)
@@ -89,7 +109,9 @@ def decoder_example(feature_dtype: str, n: int = 2, p: int = 3, m: int = 2,
     return (*feats, coords, labels, masks, has_mask)
 
 
-def export_decoder(decoder: PromptDecoder, path: str | os.PathLike[str], feature_dtype: str) -> None:
+def export_decoder(
+    decoder: PromptDecoder, path: str | os.PathLike[str], feature_dtype: str
+) -> None:
     """Write the decoder ONNX with dynamic N (prompts), P (points) and M (mask inputs)."""
     ins = spec.decoder_inputs(feature_dtype)
     outs = spec.decoder_outputs()

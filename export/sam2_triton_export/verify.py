@@ -51,7 +51,7 @@ def synthetic_image(h: int = 480, w: int = 640, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     img = np.stack([xx / w * 180, yy / h * 160, (xx + yy) / (w + h) * 120], axis=-1) + 40
-    img[h // 5: h // 2, w // 6: w // 2] = (220, 40, 40)
+    img[h // 5 : h // 2, w // 6 : w // 2] = (220, 40, 40)
     disk = (yy - 0.65 * h) ** 2 + (xx - 0.7 * w) ** 2 < (0.18 * min(h, w)) ** 2
     img[disk] = (30, 60, 200)
     img += rng.normal(0, 6, img.shape)
@@ -72,15 +72,25 @@ def _prompts(h: int, w: int) -> list[dict]:
     """Prompts in SAM2ImagePredictor.predict's arguments (pixel coordinates)."""
     return [
         {"point_coords": np.array([[0.33 * w, 0.35 * h]]), "point_labels": np.array([1])},
-        {"point_coords": np.array([[0.33 * w, 0.35 * h], [0.7 * w, 0.65 * h]]),
-         "point_labels": np.array([1, 0])},
+        {
+            "point_coords": np.array([[0.33 * w, 0.35 * h], [0.7 * w, 0.65 * h]]),
+            "point_labels": np.array([1, 0]),
+        },
         {"box": np.array([0.1 * w, 0.15 * h, 0.55 * w, 0.55 * h])},
-        {"box": np.array([0.5 * w, 0.4 * h, 0.95 * w, 0.9 * h]),
-         "point_coords": np.array([[0.7 * w, 0.65 * h], [0.2 * w, 0.2 * h]]),
-         "point_labels": np.array([1, 0])},
-        {"box": np.array([[0.1 * w, 0.15 * h, 0.55 * w, 0.55 * h],
-                          [0.5 * w, 0.4 * h, 0.95 * w, 0.9 * h],
-                          [0.0, 0.0, 0.3 * w, 0.3 * h]])},
+        {
+            "box": np.array([0.5 * w, 0.4 * h, 0.95 * w, 0.9 * h]),
+            "point_coords": np.array([[0.7 * w, 0.65 * h], [0.2 * w, 0.2 * h]]),
+            "point_labels": np.array([1, 0]),
+        },
+        {
+            "box": np.array(
+                [
+                    [0.1 * w, 0.15 * h, 0.55 * w, 0.55 * h],
+                    [0.5 * w, 0.4 * h, 0.95 * w, 0.9 * h],
+                    [0.0, 0.0, 0.3 * w, 0.3 * h],
+                ]
+            )
+        },
     ]
 
 
@@ -89,12 +99,21 @@ def _wire_prompt(p: dict, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     coords, labels = [], []
     if "box" in p:
         boxes = np.asarray(p["box"], np.float32).reshape(-1, 2, 2)
-        coords.append(torch.from_numpy(boxes).div(torch.tensor([w, h], dtype=torch.float32))
-                      .mul(spec.IMAGE_SIZE).numpy())
+        coords.append(
+            torch.from_numpy(boxes)
+            .div(torch.tensor([w, h], dtype=torch.float32))
+            .mul(spec.IMAGE_SIZE)
+            .numpy()
+        )
         labels.append(np.tile(np.array([[2, 3]], np.int32), (boxes.shape[0], 1)))
     if "point_coords" in p:
         pts = np.asarray(p["point_coords"], np.float32)[None]
-        pts = torch.from_numpy(pts).div(torch.tensor([w, h], dtype=torch.float32)).mul(spec.IMAGE_SIZE).numpy()
+        pts = (
+            torch.from_numpy(pts)
+            .div(torch.tensor([w, h], dtype=torch.float32))
+            .mul(spec.IMAGE_SIZE)
+            .numpy()
+        )
         n = coords[0].shape[0] if coords else 1
         coords.append(np.repeat(pts, n, axis=0))
         labels.append(np.repeat(np.asarray(p["point_labels"], np.int32)[None], n, axis=0))
@@ -116,17 +135,23 @@ def _session(path: str | os.PathLike[str]):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def verify(model: torch.nn.Module, encoder: ImageEncoder, decoder: PromptDecoder,
-           encoder_path: str | os.PathLike[str], decoder_path: str | os.PathLike[str],
-           tolerance: float = 1e-4) -> ParityReport:
+def verify(
+    model: torch.nn.Module,
+    encoder: ImageEncoder,
+    decoder: PromptDecoder,
+    encoder_path: str | os.PathLike[str],
+    decoder_path: str | os.PathLike[str],
+    tolerance: float = 1e-4,
+) -> ParityReport:
     """Run both checks and return the report (``passed`` False when a gate failed)."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     image_dtype = encoder.image_dtype
     feature_dtype = str(encoder.feature_dtype).removeprefix("torch.")
     exact = image_dtype == "float32" and feature_dtype == "float32"
-    report = ParityReport(tolerance=tolerance,
-                          min_iou_required=EXACT_MIN_IOU if exact else COMPACT_MIN_IOU)
+    report = ParityReport(
+        tolerance=tolerance, min_iou_required=EXACT_MIN_IOU if exact else COMPACT_MIN_IOU
+    )
     enc_sess, dec_sess = _session(encoder_path), _session(decoder_path)
     image = synthetic_image()
     h, w = image.shape[:2]
@@ -148,17 +173,21 @@ def verify(model: torch.nn.Module, encoder: ImageEncoder, decoder: PromptDecoder
         report.failures.append("encoder fingerprint differs from the PyTorch module's")
     for m in (1, 2):
         example = decoder_example(feature_dtype, n=2, p=3, m=m, seed=m)
-        ort_out = dec_sess.run(None, {t.name: a.numpy() for t, a in
-                                      zip(spec.decoder_inputs(feature_dtype), example)})
+        ort_out = dec_sess.run(
+            None, {t.name: a.numpy() for t, a in zip(spec.decoder_inputs(feature_dtype), example)}
+        )
         with torch.no_grad():
             torch_out = [t.numpy() for t in decoder(*example)]
-        for name, o, t in zip(("low_res_masks", "iou_predictions", "object_score_logits"),
-                              ort_out, torch_out):
+        for name, o, t in zip(
+            ("low_res_masks", "iou_predictions", "object_score_logits"), ort_out, torch_out
+        ):
             key = f"decoder.{name}.m{m}"
             report.onnx_vs_torch[key] = _maxdiff(o, t)
     for key, value in report.onnx_vs_torch.items():
         if value > tolerance * 10 if key.endswith("batch_consistency") else value > tolerance:
-            report.failures.append(f"{key}: ONNX differs from PyTorch by {value:.3g} > {tolerance:g}")
+            report.failures.append(
+                f"{key}: ONNX differs from PyTorch by {value:.3g} > {tolerance:g}"
+            )
 
     # 2. End to end vs SAM2ImagePredictor.
     with warnings.catch_warnings():  # SAM2Transforms uses torch.jit.script (deprecated)
@@ -179,13 +208,25 @@ def verify(model: torch.nn.Module, encoder: ImageEncoder, decoder: PromptDecoder
         coords, labels = _wire_prompt(prompt, h, w)
         mask_in, has_mask = zeros, np.zeros(1, np.float32)
         if "mask_input" in prompt:
-            mask_in, has_mask = prompt["mask_input"][None].astype(np.float32), np.ones(1, np.float32)
-        out = dec_sess.run(None, {**feeds, spec.POINT_COORDS: coords, spec.POINT_LABELS: labels,
-                                  spec.MASK_INPUT: mask_in, spec.HAS_MASK_INPUT: has_mask})
+            mask_in, has_mask = (
+                prompt["mask_input"][None].astype(np.float32),
+                np.ones(1, np.float32),
+            )
+        out = dec_sess.run(
+            None,
+            {
+                **feeds,
+                spec.POINT_COORDS: coords,
+                spec.POINT_LABELS: labels,
+                spec.MASK_INPUT: mask_in,
+                spec.HAS_MASK_INPUT: has_mask,
+            },
+        )
         low_all, iou_all = torch.from_numpy(out[0]), torch.from_numpy(out[1])
         for multimask in (True, False):
             ref_masks, ref_iou, ref_low = predictor.predict(
-                **prompt, multimask_output=multimask, return_logits=True)
+                **prompt, multimask_output=multimask, return_logits=True
+            )
             if multimask:
                 low, iou = low_all[:, 1:], iou_all[:, 1:]
             else:
@@ -204,11 +245,14 @@ def verify(model: torch.nn.Module, encoder: ImageEncoder, decoder: PromptDecoder
     if exact:
         for key in ("low_res_logits", "iou_predictions"):
             if report.vs_sam2[key] > tolerance:
-                report.failures.append(f"{key} differ from SAM2ImagePredictor by "
-                                       f"{report.vs_sam2[key]:.3g} > {tolerance:g}")
+                report.failures.append(
+                    f"{key} differ from SAM2ImagePredictor by "
+                    f"{report.vs_sam2[key]:.3g} > {tolerance:g}"
+                )
     if report.min_mask_iou < report.min_iou_required:
-        report.failures.append(f"mask IoU vs SAM2ImagePredictor {report.min_mask_iou:.5f} < "
-                               f"{report.min_iou_required}")
+        report.failures.append(
+            f"mask IoU vs SAM2ImagePredictor {report.min_mask_iou:.5f} < {report.min_iou_required}"
+        )
     report.passed = not report.failures
     return report
 

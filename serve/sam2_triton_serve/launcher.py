@@ -425,8 +425,11 @@ class LocalTritonServer:
                 f"`sam2-triton export --output {self.model_repository}`",
                 missing=[self.model_repository],
             )
-        check_models_exported(self.model_repository, self.required_models,
-                              python_models=self.model_config_name == "cpu")
+        check_models_exported(
+            self.model_repository,
+            self.required_models,
+            python_models=self.model_config_name == "cpu",
+        )
         for what, port in (
             ("HTTP", self.http_port),
             ("gRPC", self.grpc_port),
@@ -474,11 +477,15 @@ class LocalTritonServer:
             stub_failure = _STUB_FAILED.search(self.read_log())
             if stub_failure:  # Triton keeps waiting for such a stub; don't wait with it
                 raise ModelLoadError(
-                    self._describe("the python backend could not start a model",
-                                   [stub_failure.group(0).strip()]),
+                    self._describe(
+                        "the python backend could not start a model",
+                        [stub_failure.group(0).strip()],
+                    ),
                     failures={"python_backend": stub_failure.group(1).strip()},
-                    reasons=[stub_failure.group(0).strip()], log_path=self._log_path,
-                    returncode=None)
+                    reasons=[stub_failure.group(0).strip()],
+                    log_path=self._log_path,
+                    returncode=None,
+                )
             with contextlib.suppress(OSError):  # URLError, refused, reset: not up yet
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:

@@ -24,7 +24,9 @@ files (dtypes depend on export options); the committed files are the output for 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +102,14 @@ class RepositoryOptions:
         gRPC UNAVAILABLE "Exceeds maximum queue size") instead of piling up.
     queue_timeout_us: a queued encoder request older than this is rejected.
     max_prompts: largest N (prompts per decoder call) in the TensorRT profile; the client splits
-        bigger calls. max_points: largest P (points per prompt, a box counts as 2).
+        bigger calls. max_points: largest P (points per prompt, a box counts as 2). Both default
+        to the one contract (``spec.MAX_PROMPTS_PER_REQUEST``, ``spec.MAX_PROMPT_POINTS``) that
+        the SDK and the server-side models enforce: a smaller profile would fail on the GPU only.
+    engine_cache_key: identifies the exported ONNX files (``engine_cache_key()``); the TensorRT
+        engine files are named by it (``trt_engine_cache_prefix``), so a re-export with other
+        weights or options never loads the engines built for the previous export (ONNX
+        Runtime's own cache id hashes names and library versions, not weights). Empty: no key
+        (the committed configs; ``sam2-triton export`` always writes one).
     engine_cache_dir: where TensorRT engines are cached (a writable volume in docker compose).
     workspace_bytes: TensorRT builder workspace.
     session_cache_bytes: byte budget of ``sam2_session``'s feature store (16.8 MB per image in
@@ -122,9 +131,10 @@ class RepositoryOptions:
     queue_delay_us: int = 2000
     max_queue_size: int = 32
     queue_timeout_us: int = 60_000_000
-    max_prompts: int = 64
-    max_points: int = 32
+    max_prompts: int = spec.MAX_PROMPTS_PER_REQUEST
+    max_points: int = spec.MAX_PROMPT_POINTS
     engine_cache_dir: str = "/engine_cache"
+    engine_cache_key: str = ""
     workspace_bytes: int = 4 << 30
     session_cache_bytes: int = 1 << 30
     session_features_on_gpu: bool = True
@@ -139,6 +149,28 @@ class RepositoryOptions:
         if self.feature_dtype not in ("float32", "float16"):
             raise ValueError(
                 f"feature_dtype must be float32 or float16, got {self.feature_dtype!r}"
+            )
+        if (
+            self.max_prompts > spec.MAX_PROMPTS_PER_REQUEST
+            or self.max_points > spec.MAX_PROMPT_POINTS
+        ):
+            raise ValueError(
+                f"max_prompts/max_points exceed what the SDK sends ({spec.MAX_PROMPTS_PER_REQUEST}"
+                f"/{spec.MAX_PROMPT_POINTS}); raise the limits in sam2_triton.spec instead"
+            )
+        if (
+            self.max_prompts < spec.MAX_PROMPTS_PER_REQUEST
+            or self.max_points < spec.MAX_PROMPT_POINTS
+        ):
+            raise ValueError(
+                f"max_prompts/max_points below spec.MAX_PROMPTS_PER_REQUEST/MAX_PROMPT_POINTS "
+                f"({spec.MAX_PROMPTS_PER_REQUEST}/{spec.MAX_PROMPT_POINTS}): the SDK and the "
+                "server models accept prompts that the TensorRT profile would then refuse"
+            )
+        if self.engine_cache_key and not re.fullmatch(r"[0-9a-f]{8,64}", self.engine_cache_key):
+            raise ValueError(
+                f"engine_cache_key must be 8 to 64 lowercase hex characters, got "
+                f"{self.engine_cache_key!r}"
             )
         for name in ("session_cache_bytes", "session_threads", "session_max_pending"):
             if int(getattr(self, name)) < 1:
@@ -171,6 +203,11 @@ def _trt(
         "max_workspace_size_bytes": str(opts.workspace_bytes),
         "trt_engine_cache_enable": "true",
         "trt_engine_cache_path": f"{opts.engine_cache_dir}/{model}",
+        **(
+            {"trt_engine_cache_prefix": f"{model}_{opts.engine_cache_key}"}
+            if opts.engine_cache_key
+            else {}
+        ),
         "trt_timing_cache_enable": "true",
         "trt_timing_cache_path": f"{opts.engine_cache_dir}/{model}",
         # LayerNorm in FP32: SAM 2's transformer LayerNorms overflow in FP16.
@@ -295,11 +332,16 @@ def _bls_model(
     cfg: mc.ModelConfig, flavour: str, opts: RepositoryOptions, params: dict[str, str]
 ) -> None:
     """What the two BLS models share: python backend, exactly one instance, parameters."""
+    _check_flavour(flavour)
     cfg.backend = "python"
-    gpu = flavour == "gpu"
-    cfg.instance_group.add(
-        kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU, count=1
-    )
+    # Exactly one instance per server, however many GPUs it has: an instance_group count is
+    # per GPU, so KIND_GPU without `gpus` would start one instance, with its own session store,
+    # on every GPU. GPU flavour: one instance on GPU 0 (where held features live); the encoder
+    # and decoder it calls run on every GPU, Triton copying the features across when needed.
+    if flavour == "gpu":
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1, gpus=[0])
+    else:
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     for key, value in {
         "ENCODER_MODEL": spec.ENCODER_MODEL,
         "DECODER_MODEL": spec.DECODER_MODEL,
@@ -421,6 +463,18 @@ def config_files(opts: RepositoryOptions = RepositoryOptions()) -> dict[str, str
         files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))
         files[f"{name}/1/model.py"] = model_shim(name)
     return files
+
+
+def engine_cache_key(onnx_files: Iterable[str | os.PathLike[str]], opts: RepositoryOptions) -> str:
+    """16 hex characters over the bytes of the exported ONNX files and the config options that
+    shape the engines: equal for the same export, different when weights or options change."""
+    digest = hashlib.sha256(b"sam2-triton-engine-v1\x00")
+    for path in onnx_files:
+        with open(path, "rb") as fp:
+            for block in iter(lambda: fp.read(1 << 20), b""):
+                digest.update(block)
+    digest.update(f"{opts.image_dtype},{opts.feature_dtype},{opts.max_batch_size}".encode())
+    return digest.hexdigest()[:16]
 
 
 def model_file(repository: str | os.PathLike[str], model: str, version: int = 1) -> Path:

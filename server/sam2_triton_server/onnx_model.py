@@ -2,8 +2,9 @@
 
 This is the CPU flavour of the model repository: ``sam2_encoder/1/model.py`` and
 ``sam2_decoder/1/model.py`` are shims (``from sam2_triton_server.onnx_model import
-TritonPythonModel``), so both models share this implementation. Input/output names, dtypes and ``max_batch_size`` come from the model config
-Triton hands over (``args["model_config"]``) and are checked against the ONNX graph at load time.
+TritonPythonModel``), so both models share this implementation. Input/output names, dtypes and
+``max_batch_size`` come from the model config Triton hands over (``args["model_config"]``) and
+are checked against the ONNX graph at load time.
 
 - ``max_batch_size > 0``: all requests of one ``execute()`` call (the dynamic batcher's batch)
   whose non-batch shapes agree are concatenated along axis 0, run as ONE ``session.run`` and

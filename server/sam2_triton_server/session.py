@@ -344,9 +344,10 @@ class TritonPythonModel:
             entry = self._obtain([key], images, hws)[key]
         if entry is None:
             raise RequestError(
-                f"{self._name}: {spec.SESSION_UNKNOWN_IMAGE} {key!r}: it was never encoded here, was evicted "
-                f"from the session store ({self._store.max_bytes} bytes), or the server "
-                "restarted; send the image again (op 'encode', or attach it to this request)",
+                f"{self._name}: {spec.SESSION_UNKNOWN_IMAGE} {key!r}: it was never encoded here, "
+                f"was evicted from the session store ({self._store.max_bytes} bytes), or the "
+                "server restarted; send the image again (op 'encode', or attach it to this "
+                "request)",
                 "NOT_FOUND",
             )
         return entry

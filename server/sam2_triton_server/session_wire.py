@@ -129,10 +129,12 @@ def _check_prompts(inputs: dict[str, np.ndarray]) -> None:
     """The decoder's prompt tensors as the wire carries them (the SDK made them)."""
     coords, labels = inputs[spec.POINT_COORDS], inputs[spec.POINT_LABELS]
     n, p = coords.shape[:2]
-    if n < 1 or p < 1:
+    if not (1 <= n <= spec.MAX_PROMPTS_PER_REQUEST and 1 <= p <= spec.MAX_PROMPT_POINTS):
         raise RequestError(
             f"input {spec.POINT_COORDS!r} has shape {list(coords.shape)}; expected "
-            "[N, P, 2] with N >= 1 prompts of P >= 1 points"
+            f"[N, P, 2] with 1 <= N <= {spec.MAX_PROMPTS_PER_REQUEST} prompts of "
+            f"1 <= P <= {spec.MAX_PROMPT_POINTS} points (spec.MAX_PROMPTS_PER_REQUEST, "
+            "spec.MAX_PROMPT_POINTS: what the decoder's TensorRT profile allows)"
         )
     if labels.shape != (n, p):
         raise RequestError(
