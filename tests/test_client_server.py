@@ -150,7 +150,10 @@ def registered_regions(server) -> list:
         http_status = h.get_system_shared_memory_status()
     finally:
         h.close()
-    return [*grpc_status.get("regions", {}), *http_status]
+    grpc_names = sorted(grpc_status.get("regions", {}))
+    http_names = sorted(r["name"] for r in http_status)
+    assert grpc_names == http_names  # the same registry seen over both protocols
+    return grpc_names
 
 
 def assert_same_predictions(got: list[Prediction], want: list[Prediction], atol=1e-4) -> None:

@@ -365,6 +365,14 @@ ERROR_TABLE = {  # id -> (exception as raised by tritonclient or its transport, 
         UnknownImageError,
     ),
     "http unknown image id": (_ise("unknown image id 'ab12'", "404"), UnknownImageError),
+    "grpc lost shm region": (  # NOT_FOUND, but the model is there: re-register, not rediscover
+        _ise("Unable to find shared memory region: 'sam2_triton_1_ab'", "StatusCode.NOT_FOUND"),
+        InferenceError,
+    ),
+    "http lost shm region": (
+        _ise("Unable to find shared memory region: 'sam2_triton_1_ab'", "400"),
+        InferenceError,
+    ),
     "grpc bad shape": (
         _ise("unexpected shape for input 'point_coords'", "StatusCode.INVALID_ARGUMENT"),
         InferenceError,

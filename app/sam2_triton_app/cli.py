@@ -42,6 +42,12 @@ SUBCOMMANDS = {
         "bounded load test of local Triton servers (loopback only): failures, "
         "serial equality, p99, memory",
     ),
+    "verify": (
+        "sam2_triton_app.verify",
+        "add_arguments",
+        "run",
+        "check a running deployment's masks against exact FP32 on the same ONNX files",
+    ),
     "bench": (
         "sam2_triton_bench.cli",
         "add_arguments",

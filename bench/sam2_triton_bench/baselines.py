@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,13 @@ def _providers() -> list[str]:
 
 
 class InProcessORT:
-    """Encoder and decoder ONNX files of one export, run by onnxruntime in this process."""
+    """Encoder and decoder ONNX files of one export, run by onnxruntime in this process.
 
-    def __init__(self, repo: Path) -> None:
+    ``providers``: onnxruntime execution providers (default: CUDA when available, else CPU);
+    ``["CPUExecutionProvider"]`` gives the exact FP32 reference ``sam2-triton verify`` uses.
+    """
+
+    def __init__(self, repo: Path, providers: Sequence[str] | None = None) -> None:
         import onnxruntime as ort
 
         from sam2_triton_serve import repository
@@ -45,7 +50,7 @@ class InProcessORT:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        self.providers = _providers()
+        self.providers = list(providers) if providers is not None else _providers()
         self.encoder = ort.InferenceSession(
             str(repository.model_file(repo, spec.ENCODER_MODEL)), options, providers=self.providers
         )

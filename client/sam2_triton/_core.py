@@ -445,6 +445,8 @@ class SAM2Core:
             region.destroy()
             raise
         self.regions.add(embedding, region)
+        # beyond the client's limit, the least recently used regions go now, not on a later call
+        yield from self.release_regions(self.regions.take_released())
         return region
 
     def release_regions(self, regions: Sequence[FeatureRegion]) -> Flow[None]:

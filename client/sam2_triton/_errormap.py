@@ -96,6 +96,8 @@ def map_transport_error(exc: BaseException, model: str | None = None) -> SAM2Tri
         ):
             mapped = RequestTimeoutError(f"{what}request timed out: {msg}")
             mapped.never_ran = _QUEUE_TIMEOUT in low
+        elif "unable to find shared memory region" in low:  # NOT_FOUND, but not the model
+            mapped = InferenceError(f"{what}{msg}")
         elif any(s in low for s in _NOT_READY) or status == "StatusCode.NOT_FOUND":
             mapped = ModelNotReadyError(f"{what}{msg}")
         elif status in ("StatusCode.UNAVAILABLE", "502", "503") or any(
