@@ -442,6 +442,9 @@ def test_shared_memory_same_results_and_cleaned_up(triton_server, ref, protocol,
         assert len(first) == 1 and len(shm_leftovers()) == 1
         again = [c.decode(ref.embedding, PROMPTS[0]) for _ in range(8)]  # reuse, no new region
         assert registered_regions(triton_server) == first and len(shm_leftovers()) == 1
+        # refinement: a real mask_input travels as a tensor; "no mask" is the region's zeros
+        refine = Prompt(**{**vars(PROMPTS[0]), "mask_input": preds[0].low_res_logits[:1]})
+        refined = c.decode(ref.embedding, refine)
         # a server error with a registered region: Triton rejects the feature shape
         feats = {n: np.zeros((1, *spec.FEATURE_SHAPES[n]), np.float32) for n in spec.FEATURE_NAMES}
         feats[spec.IMAGE_EMBED] = np.zeros((1, 256, 32, 32), np.float32)
@@ -469,10 +472,13 @@ def test_shared_memory_same_results_and_cleaned_up(triton_server, ref, protocol,
             g.unregister_system_shared_memory()
         again.append(c.decode(ref.embedding, PROMPTS[0]))
     assert registered_regions(triton_server) == [] and shm_leftovers() == []  # close releases
-    # 3 + 8 + 1 + 5 + 1 + 1 (+1 re-sent after the server forgot the region); the bad shape was
-    # refused before the model ran (not in the model's statistics)
-    assert seen.settled(DEC, expect=19) == 19
+    # 3 + 8 + 1 (refinement) + 1 + 5 + 1 + 1; the bad shape and the decode the server could not
+    # find the region for were refused before the model ran (not in its statistics)
+    assert seen.settled(DEC, expect=20) == 20
     assert not [r for r in caplog.records if "could not unregister" in r.getMessage()]
+    with sync_client(url(triton_server, protocol), protocol) as c:
+        refined_plain = c.decode(ref.embedding, refine)
+    assert_same_predictions([refined], [refined_plain], atol=0)
     for got, want in zip([*preds, *again], [*normal, *[ref.alone[0]] * 10]):  # bit-identical
         np.testing.assert_array_equal(got.masks, want.masks)
         np.testing.assert_array_equal(got.low_res_logits, want.low_res_logits)

@@ -277,6 +277,23 @@ def test_session_decode_checks_multimask_output() -> None:
         check_inputs("decode", _decode_inputs(image_id=np.array([b"0" * 64] * 2, object)), 4)
 
 
+def test_session_decode_refuses_prompts_beyond_the_contract() -> None:
+    """The largest prompt and call are spec's (the decoder's TensorRT profile): larger ones get
+    INVALID_ARG naming the limit, never a GPU-only shape error."""
+    n, p = spec.MAX_PROMPTS_PER_REQUEST, spec.MAX_PROMPT_POINTS
+
+    def prompts(n: int, p: int) -> dict[str, np.ndarray]:
+        return _decode_inputs(
+            point_coords=np.zeros((n, p, 2), np.float32), point_labels=np.ones((n, p), np.int32)
+        )
+
+    check_inputs("decode", prompts(n, p), 4)  # the largest accepted
+    for shape in ((n + 1, 1), (1, p + 1)):
+        with pytest.raises(RequestError, match="MAX_PROMPTS_PER_REQUEST") as info:
+            check_inputs("decode", prompts(*shape), 4)
+        assert info.value.code == "INVALID_ARG"
+
+
 def test_segment_pipeline_is_the_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
     """``segment()`` on a fake encoder/decoder: the masks are the SDK's select_masks and
     postprocess of the decoder's tokens, each object in its place (two decoder calls: the

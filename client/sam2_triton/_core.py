@@ -389,17 +389,12 @@ class SAM2Core:
         if self.config.use_shared_memory:
             region = yield from self._region(embedding, features)
         for chunk in chunks:
-            prompt_inputs = _wire.chunk_inputs(self.mod, chunk)
-            if region is None:
-                feature_inputs = [_wire.data_input(self.mod, n, a) for n, a in features.items()]
-            else:
-                feature_inputs = region.inputs(self.mod)
             try:
                 result = yield self.call(
                     "infer",
                     model,
                     model_name=model,
-                    inputs=[*feature_inputs, *prompt_inputs],
+                    inputs=self._decoder_inputs(features, region, chunk),
                     outputs=_wire.requested_outputs(self.mod, _wire.DECODER_OUTPUTS),
                 )
             except InferenceError as exc:
@@ -414,7 +409,7 @@ class SAM2Core:
                     "infer",
                     model,
                     model_name=model,
-                    inputs=[*region.inputs(self.mod), *prompt_inputs],
+                    inputs=self._decoder_inputs(features, region, chunk),
                     outputs=_wire.requested_outputs(self.mod, _wire.DECODER_OUTPUTS),
                 )
             preds = yield Compute(
@@ -424,6 +419,19 @@ class SAM2Core:
                 results[i] = p
         preds_out = [p for p in results if p is not None]
         return preds_out[0] if single else preds_out
+
+    def _decoder_inputs(
+        self, features: dict[str, np.ndarray], region: FeatureRegion | None, chunk: DecodeChunk
+    ) -> list[Any]:
+        """The decoder's inputs for one chunk: the features (or their shm region) and the
+        prompts; with a region, a chunk without masks points at its all-zero "no mask" map
+        instead of sending 256 kB of zeros."""
+        if region is None:
+            feats = [_wire.data_input(self.mod, n, a) for n, a in features.items()]
+            return [*feats, *_wire.chunk_inputs(self.mod, chunk)]
+        no_mask = not chunk.has_mask_input.any() and chunk.mask_input.shape[0] == 1
+        mask = region.no_mask_input(self.mod) if no_mask else None
+        return [*region.inputs(self.mod), *_wire.chunk_inputs(self.mod, chunk, mask)]
 
     def _region(
         self, embedding: ImageEmbedding, features: dict[str, np.ndarray]

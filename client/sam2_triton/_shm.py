@@ -31,7 +31,8 @@ DEFAULT_MAX_REGIONS = 4
 
 
 class FeatureRegion:
-    """A system shared-memory region holding one embedding's three feature tensors.
+    """A system shared-memory region holding one embedding's three feature tensors (and the
+    decoder's all-zero "no mask" input).
 
     Created and filled locally; the caller registers ``name``/``key``/``byte_size`` with the
     server and passes ``inputs(mod)`` to the decoder; ``destroy()`` unlinks it (idempotent).
@@ -50,6 +51,11 @@ class FeatureRegion:
         for n, a in zip(spec.FEATURE_NAMES, arrays):
             self.offsets[n] = (offset, a.nbytes, a.shape, a.dtype)
             offset += a.nbytes
+        # and the decoder's all-zero "no mask" input, so that clicks need not send it
+        no_mask = np.zeros((1, 1, spec.LOW_RES_SIZE, spec.LOW_RES_SIZE), np.float32)
+        self._no_mask = (offset, no_mask.nbytes, no_mask.shape, no_mask.dtype)
+        arrays.append(no_mask)
+        offset += no_mask.nbytes
         self.byte_size = offset
         self._handle = shm.create_shared_memory_region(
             self.name, self.key, offset, create_only=True
@@ -68,6 +74,13 @@ class FeatureRegion:
             inp.set_shared_memory(self.name, nbytes, offset)
             out.append(inp)
         return out
+
+    def no_mask_input(self, mod: ModuleType) -> Any:
+        """The decoder's ``mask_input`` [1, 1, 256, 256] of zeros, in this region."""
+        offset, nbytes, shape, dtype = self._no_mask
+        inp = mod.InferInput(spec.MASK_INPUT, list(shape), np_to_triton_dtype(dtype))
+        inp.set_shared_memory(self.name, nbytes, offset)
+        return inp
 
     def destroy(self) -> None:
         if self._handle is not None:

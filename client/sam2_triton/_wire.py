@@ -120,11 +120,13 @@ def decoder_features(embedding: ImageEmbedding, dtype: np.dtype) -> dict[str, np
     return {n: np.ascontiguousarray(a, dtype=dtype) for n, a in embedding.features().items()}
 
 
-def chunk_inputs(mod: ModuleType, chunk: DecodeChunk) -> list[Any]:
+def chunk_inputs(mod: ModuleType, chunk: DecodeChunk, mask_input: Any = None) -> list[Any]:
+    """The decoder's prompt inputs of one chunk; ``mask_input``: an ``InferInput`` to send in
+    place of the chunk's own mask tensor (e.g. one in shared memory)."""
     return [
         data_input(mod, spec.POINT_COORDS, chunk.point_coords),
         data_input(mod, spec.POINT_LABELS, chunk.point_labels),
-        data_input(mod, spec.MASK_INPUT, chunk.mask_input),
+        mask_input or data_input(mod, spec.MASK_INPUT, chunk.mask_input),
         data_input(mod, spec.HAS_MASK_INPUT, chunk.has_mask_input),
     ]
 
