@@ -42,6 +42,7 @@ from sam2_triton import (
     transforms,
 )
 from sam2_triton._core import map_transport_error
+from sam2_triton.samples import sample_image
 from sam2_triton.spec import session_image_id as image_id
 from sam2_triton_serve import repository
 from sam2_triton_server import segment
@@ -465,8 +466,66 @@ def test_a_click_carries_only_the_id_and_the_prompt() -> None:
     inputs = _wire.session_decode_inputs(grpcclient, "0" * 64, chunk)
     names = [i.name() for i in inputs]
     assert names[:4] == ["op", "image_id", "point_coords", "point_labels"]
-    assert set(names[4:]) <= {spec.SESSION_MULTIMASK}  # a one-byte flag at most
+    assert set(names[4:]) <= {spec.SESSION_MULTIMASK, spec.SESSION_MASK_THRESHOLD}  # 1-4 bytes
     assert sum(len(i._get_content() or b"") for i in inputs) < 200
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("multimask", [True, False])
+def test_a_masks_only_click_gets_the_same_masks_in_under_1_percent(triton_server, multimask):
+    """``DecodeOptions(low_res_logits=False)``: the session model computes the masks with the
+    SDK's own functions and answers them (packed bits, zlib) instead of low-res logits: the same
+    masks, scores and object scores, and request + response under 1 % of the bytes of the same
+    click sending the features (1200 x 1800, as the benchmark's click)."""
+    from sam2_triton import DecodeOptions
+    from sam2_triton_bench.wirebytes import CountingProxy
+
+    image = sample_image(1200, 1800)
+    click = Prompt(point_coords=[[700, 500]], point_labels=[1])
+    full = DecodeOptions(multimask_output=multimask)
+    lean = DecodeOptions(multimask_output=multimask, low_res_logits=False)
+    host, port = triton_server.grpc_url.rsplit(":", 1)
+    with CountingProxy(host, int(port)) as relay:
+        with SAM2Client(relay.address, timeout_s=T) as client:
+            remote = client.encode(image)
+            want = client.decode(remote, click, options=full)
+            relay.reset()
+            got = client.decode(remote, click, options=lean)
+            time.sleep(0.2)
+            lean_bytes = sum(relay.counts())
+        with SAM2Client(relay.address, use_sessions=False, timeout_s=T) as client:
+            features = client.encode(image)
+            relay.reset()
+            client.decode(features, click, options=full)
+            time.sleep(0.2)
+            features_bytes = sum(relay.counts())
+    assert got.low_res_logits is None and want.low_res_logits is not None
+    assert got.masks.dtype == bool and got.masks.shape == want.masks.shape
+    assert got.masks.shape[0] == (3 if multimask else 1)
+    np.testing.assert_array_equal(got.masks, want.masks)  # bit for bit
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.object_score_logits == want.object_score_logits
+    assert 0.05 < got.masks.mean() < 0.999  # masks with content, not trivially compressible
+    assert lean_bytes < 0.01 * features_bytes, (lean_bytes, features_bytes)
+
+
+def test_masks_only_needs_the_threshold_and_multimask() -> None:
+    from sam2_triton_server.session_wire import outputs_of
+
+    with pytest.raises(RequestError, match="needs the input 'mask_threshold'"):
+        outputs_of("decode", [spec.SESSION_MASKS], _decode_inputs())
+    with pytest.raises(RequestError, match="needs 'multimask_output'"):
+        check_inputs(
+            "decode", _decode_inputs(mask_threshold=np.array([0.0], np.float32)), max_images=4
+        )
+    with pytest.raises(RequestError, match="one finite FP32"):
+        check_inputs(
+            "decode",
+            _decode_inputs(
+                multimask_output=np.array([True]), mask_threshold=np.array([np.nan], np.float32)
+            ),
+            max_images=4,
+        )
 
 
 @pytest.mark.triton

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sam2_triton import spec
-from sam2_triton.types import Prompt
+from sam2_triton.types import DecodeOptions, Prompt
 
 from . import targets
 from .plan import grid_prompts, iou, prompt_at
@@ -80,19 +80,24 @@ def click_variants(
         variants[name] = lambda: c16.decode(self.emb16, prompt)
         makers[name] = lambda: c16.decode(self.emb16, prompt).masks
         served[name] = (self.primary, {"fp16": True})
-    session = session_variant(self, prompt)
-    if session is not None:
-        name, fn = session
+    for name, fn, options in session_variants(self, prompt):
         variants[name] = fn
-        makers[name] = lambda: fn().masks
-        served[name] = (self.primary, {"session": True})
+        makers[name] = lambda fn=fn: fn().masks
+        served[name] = (self.primary, options)
     return variants, makers, served
 
 
-def session_variant(self: Bench, prompt: Prompt):
-    """A click through ``sam2_session`` (features kept on the server), or None."""
+SESSION = "session (features kept on the server)"
+MASKS_ONLY = "session, masks only (low_res_logits=False)"
+_LEAN = DecodeOptions(low_res_logits=False)
+
+
+def session_variants(self: Bench, prompt: Prompt) -> list[tuple[str, Callable, dict]]:
+    """Clicks through ``sam2_session`` (features kept on the server): as SAM 2 answers them,
+    and without the low-res logits (the server answers the masks); empty without a session
+    model."""
     if not self.models.session:
-        return None
+        return []
     try:
         c = self.client(self.primary, session=True)
         if self.remote is None:
@@ -100,11 +105,22 @@ def session_variant(self: Bench, prompt: Prompt):
     except Exception as exc:  # noqa: BLE001 - optional variant
         self.info["session_error"] = f"{type(exc).__name__}: {exc}"
         self.log(f"click: the session model is not usable: {self.info['session_error']}")
-        return None
-    return (
-        f"Triton {self.primary}, session (features kept on the server)",
-        lambda: c.decode(self.remote, prompt),
-    )
+        return []
+    return [
+        (f"Triton {self.primary}, {SESSION}", lambda: c.decode(self.remote, prompt),
+         {"session": True}),
+        (f"Triton {self.primary}, {MASKS_ONLY}",
+         lambda: c.decode(self.remote, prompt, options=_LEAN),
+         {"session": True, "masks_only": True}),
+    ]  # fmt: skip
+
+
+def _decode(self: Bench, client, options: dict, prompt: Prompt):
+    """One click of a served variant (``options`` as in ``click_variants``' ``served``)."""
+    emb = _embedding_for(self, options)
+    if options.get("masks_only"):
+        return client.decode(emb, prompt, options=_LEAN)
+    return client.decode(emb, prompt)
 
 
 def _embedding_for(self: Bench, options: dict):
@@ -127,7 +143,8 @@ def count_bytes(
     with CountingProxy(host.strip("[]"), port) as proxy:
         for name, options, call in cases:
             try:
-                c = self.client(proto, url=proxy.address, **options)
+                kinds = {k: v for k, v in options.items() if k != "masks_only"}
+                c = self.client(proto, url=proxy.address, **kinds)
                 call(c)
                 sent, received = [], []
                 for _ in range(repeats):
@@ -155,7 +172,8 @@ def _headline(
         "in_process": INPROCESS,
         "features": f"Triton {proto}",
         "shm": f"Triton {proto} + system shm",
-        "session": f"Triton {proto}, session (features kept on the server)",
+        "session": f"Triton {proto}, {SESSION}",
+        "masks_only": f"Triton {proto}, {MASKS_ONLY}",
     }
     out: dict[str, Any] = {"protocol": proto, "variants": names}
 
@@ -163,7 +181,7 @@ def _headline(
         return float(np.median(samples[name])) if samples.get(name) else None
 
     base = med(INPROCESS)
-    for key in ("features", "shm", "session"):
+    for key in ("features", "shm", "session", "masks_only"):
         v = med(names[key])
         out[f"{key}_vs_in_process"] = v / base if v is not None and base else None
         p = (
@@ -173,7 +191,7 @@ def _headline(
         )
         out[f"{key}_vs_in_process_paired"] = p["median"] if p else None
     feat = per_click.get(names["features"]) or {}
-    for key in ("session", "shm"):
+    for key in ("session", "masks_only", "shm"):
         b = per_click.get(names[key]) or {}
         for part in ("total", "sent", "received"):
             ok = b.get(part) is not None and feat.get(part)
@@ -220,7 +238,7 @@ def section_click(self: Bench) -> dict:
     per_click: dict[str, dict] = {}
     for proto in ("grpc", "http"):
         cases = [
-            (name, options, lambda c, o=options: c.decode(_embedding_for(self, o), prompt))
+            (name, options, lambda c, o=options: _decode(self, c, o, prompt))
             for name, (p, options) in served.items()
             if p == proto and name in samples
         ]
@@ -228,9 +246,11 @@ def section_click(self: Bench) -> dict:
     out["bytes_per_click"] = per_click
     out["headline"] = head = _headline(self, samples, per_click, self.primary)
     pct, shm = head["session_bytes_total_pct_of_features"], head["shm_vs_in_process"]
+    lean = head["masks_only_bytes_total_pct_of_features"]
     self.log(
         "click: session bytes (request + response) = "
         + ("not measured" if pct is None else f"{pct:.2f} % of the features click's")
+        + ("" if lean is None else f" ({lean:.2f} % with masks only)")
         + "; shm click / in-process decoder + masks = "
         + (
             "not measured"

@@ -266,6 +266,13 @@ def _click_headline(click: dict) -> str:
                 f"{head['session_bytes_sent_pct_of_features']:.3f} %, response "
                 f"{head['session_bytes_received_pct_of_features']:.1f} %)"
             )
+        lean = head.get("masks_only_bytes_total_pct_of_features")
+        if lean is not None:
+            parts.append(
+                f"**{lean:.2f} %** when the caller needs only the masks "
+                "(`DecodeOptions(low_res_logits=False)`: the server answers the masks, the "
+                "same bits, instead of the low-res logits)"
+            )
         if shm is not None:
             parts.append(
                 f"a {proto} + system shm click takes **{shm:.2f}×** the in-process "
@@ -316,13 +323,20 @@ def _why(target: dict, results: dict) -> str:
         )
     if tid == "click_shm":
         return (
-            "With `use_shared_memory=True` the features no longer cross the socket (263 kB "
-            "instead of 17 MB per click, see the bytes table), but the SDK creates, fills, "
-            "registers and unregisters a 16.8 MB region on every call: fresh pages to "
-            "fault in, two extra round trips, and the server maps the region each time; "
-            "the python backend still copies the features into its own shared memory. "
-            "Registering one region per image and reusing it for all of that image's "
-            "clicks would leave only that copy. " + fix
+            "With `use_shared_memory=True` the features no longer cross the socket: one "
+            "region per embedding, registered by its first click and reused by the later "
+            'ones (its all-zero "no mask" input too), so a click sends about 1 kB (see '
+            "the bytes table). What is left is Triton's request path and the python "
+            "backend's copy of the 16.8 MB of features from the region into its own shared "
+            "memory on every click. " + fix
+        )
+    if tid == "click_session_bytes":
+        return (
+            "The masks-only click answers the masks as packed bits (zlib); their size "
+            "depends on the masks' shapes (random weights give ragged masks; a real "
+            "checkpoint's compact objects compress far better). A click that also returns "
+            "SAM 2's low-res logits carries 262 kB of FP32 per mask, which no lossless "
+            "encoding of these logits shrinks much."
         )
     if tid == "click_session":
         return (

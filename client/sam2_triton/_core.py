@@ -373,7 +373,7 @@ class SAM2Core:
             if session is not None:
                 try:
                     preds = yield from self._session_decode(
-                        embedding, chunks, len(wire), options, session.selects_tokens
+                        embedding, chunks, len(wire), options, session
                     )
                     return preds[0] if single else preds
                 except ModelNotReadyError:
@@ -562,25 +562,39 @@ class SAM2Core:
         chunks: Sequence[DecodeChunk],
         n: int,
         options: DecodeOptions,
-        selects_tokens: bool,
+        session: _wire.SessionInfo,
     ) -> Flow[list[Prediction]]:
-        """Decode by the session model. When it can (``selects_tokens``), it answers only the
-        mask tokens ``options`` needs (``spec.SESSION_MULTIMASK``), selected with the same
-        ``transforms.select_masks``: 3 or 1 of the 4 low-res maps, the same masks."""
+        """Decode by the session model, which answers what the call needs: only the selected
+        mask tokens (``spec.SESSION_MULTIMASK``: 3 or 1 of the 4 low-res maps), or, when the
+        caller needs no low-res logits, the masks themselves (``spec.SESSION_MASK_THRESHOLD``);
+        either way computed by the same ``transforms`` functions, so the masks are the same."""
         results: list[Prediction | None] = [None] * n
         model = self.config.session_model
-        multimask = options.multimask_output if selects_tokens else None
-        tokens = _wire.selected_tokens(options) if selects_tokens else spec.NUM_MASK_TOKENS
+        masks_only = (
+            session.returns_masks and not options.low_res_logits and not options.return_logits
+        )
+        multimask = options.multimask_output if session.selects_tokens else None
+        threshold = options.mask_threshold if masks_only else None
+        tokens = _wire.selected_tokens(options) if session.selects_tokens else spec.NUM_MASK_TOKENS
         for chunk in chunks:
             result = yield from self._session_call(
                 embedding,
-                _wire.session_decode_inputs(self.mod, embedding.image_id, chunk, multimask),
-                _wire.DECODER_OUTPUTS,
+                _wire.session_decode_inputs(
+                    self.mod, embedding.image_id, chunk, multimask, threshold
+                ),
+                _wire.SESSION_MASK_OUTPUTS if masks_only else _wire.DECODER_OUTPUTS,
             )
-            preds = yield Compute(
-                _wire.parse_decoder_result,
-                (result, len(chunk.indices), embedding, model, options, tokens),
-            )
+            if masks_only:
+                step = Compute(
+                    _wire.parse_session_masks,
+                    (result, len(chunk.indices), embedding, model, options),
+                )
+            else:
+                step = Compute(
+                    _wire.parse_decoder_result,
+                    (result, len(chunk.indices), embedding, model, options, tokens),
+                )
+            preds = yield step
             for i, p in zip(chunk.indices.tolist(), preds):
                 results[i] = p
         return [p for p in results if p is not None]

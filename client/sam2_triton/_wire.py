@@ -17,7 +17,7 @@ import numpy as np
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from . import spec, transforms
-from .errors import EmbeddingMismatchError, InferenceError, InvalidImageError
+from .errors import EmbeddingMismatchError, InferenceError, InvalidImageError, InvalidInputError
 from .prompts import DecodeChunk
 from .types import DecodeOptions, ImageEmbedding, Prediction, RemoteEmbedding
 
@@ -201,11 +201,43 @@ def parse_decoder_result(
     masks, low_clamped = transforms.postprocess(
         low_res, embedding.orig_hw, options.return_logits, mask_threshold=options.mask_threshold
     )
+    keep = options.low_res_logits
     return [
         Prediction(
             masks=masks[i],
             scores=np.asarray(iou[i], dtype=np.float32),
-            low_res_logits=np.asarray(low_clamped[i], dtype=np.float32),
+            low_res_logits=np.asarray(low_clamped[i], dtype=np.float32) if keep else None,
+            object_score_logits=float(obj[i]),
+        )
+        for i in range(n)
+    ]
+
+
+def parse_session_masks(
+    result: InferResultLike,
+    n: int,
+    embedding: RemoteEmbedding,
+    model: str,
+    options: DecodeOptions,
+) -> list[Prediction]:
+    """A session answer holding the masks themselves (``spec.SESSION_MASKS``): ``n``
+    predictions without low-res logits."""
+    check_fingerprint(_output(result, spec.FINGERPRINT, (spec.FINGERPRINT_LEN,)), embedding, model)
+    c = selected_tokens(options)
+    blobs = _output(result, spec.SESSION_MASKS, (n, c))
+    iou = _output(result, spec.IOU_PREDICTIONS, (n, c)).astype(np.float32)
+    obj = _output(result, spec.OBJECT_SCORE_LOGITS, (n,)).astype(np.float32)
+    try:
+        masks = transforms.decode_mask_bits(blobs, embedding.orig_hw)
+    except InvalidInputError as exc:
+        raise InferenceError(
+            f"model {model!r} answered masks this client cannot read: {exc}"
+        ) from exc
+    return [
+        Prediction(
+            masks=masks[i],
+            scores=iou[i].copy(),
+            low_res_logits=None,
             object_score_logits=float(obj[i]),
         )
         for i in range(n)
@@ -225,12 +257,14 @@ class SessionInfo:
 
     image_dtype: np.dtype
     selects_tokens: bool = False
+    returns_masks: bool = False
 
 
 def parse_session_info(meta: Mapping[str, Any], model: str) -> SessionInfo:
     """Check that ``model`` speaks the session contract (``spec``); raise InferenceError if not."""
     names = {t.get("name") for t in meta.get("inputs", [])}
-    wanted = {t.name for t in spec.session_inputs()} - {spec.SESSION_MULTIMASK}
+    wanted = {t.name for t in spec.session_inputs()}
+    wanted -= {spec.SESSION_MULTIMASK, spec.SESSION_MASK_THRESHOLD}  # newer, optional
     if not wanted <= names:
         raise InferenceError(
             f"model {model!r} is not a sam2-triton session model: it lacks input(s) "
@@ -239,7 +273,12 @@ def parse_session_info(meta: Mapping[str, Any], model: str) -> SessionInfo:
     image = _tensor_dtype(meta, "inputs", spec.ENCODER_IMAGE, model)
     if image not in _IMAGE_DTYPES:
         raise InferenceError(f"model {model!r} takes images of dtype {image}")
-    return SessionInfo(image, selects_tokens=spec.SESSION_MULTIMASK in names)
+    outputs = {t.get("name") for t in meta.get("outputs", [])}
+    return SessionInfo(
+        image,
+        selects_tokens=spec.SESSION_MULTIMASK in names,
+        returns_masks=spec.SESSION_MASK_THRESHOLD in names and spec.SESSION_MASKS in outputs,
+    )
 
 
 session_image_id = spec.session_image_id
@@ -254,6 +293,12 @@ def _bytes_input(mod: ModuleType, name: str, values: Sequence[str]) -> Any:
 
 SESSION_ENCODE_OUTPUTS = (spec.SESSION_IMAGE_ID, spec.SESSION_ORIG_HW, spec.FINGERPRINT)
 SESSION_FEATURE_OUTPUTS = ENCODER_OUTPUTS
+SESSION_MASK_OUTPUTS = (
+    spec.SESSION_MASKS,
+    spec.IOU_PREDICTIONS,
+    spec.OBJECT_SCORE_LOGITS,
+    spec.FINGERPRINT,
+)
 
 
 def session_encode_inputs(
@@ -268,12 +313,17 @@ def session_encode_inputs(
 
 
 def session_decode_inputs(
-    mod: ModuleType, image_id: str, chunk: DecodeChunk, multimask_output: bool | None = None
+    mod: ModuleType,
+    image_id: str,
+    chunk: DecodeChunk,
+    multimask_output: bool | None = None,
+    mask_threshold: float | None = None,
 ) -> list[Any]:
     """op "decode": the id and one chunk's prompts; the all-zero "no mask" input is left out
     (the session model supplies it), so a click without a mask sends a few hundred bytes.
     ``multimask_output`` (when the server takes it) makes the answer hold only the selected
-    mask tokens (see ``spec.SESSION_MULTIMASK``)."""
+    mask tokens (see ``spec.SESSION_MULTIMASK``); ``mask_threshold`` too, the masks themselves
+    (``spec.SESSION_MASK_THRESHOLD``)."""
     inputs = [
         _bytes_input(mod, spec.SESSION_OP, [spec.SESSION_OP_DECODE]),
         _bytes_input(mod, spec.SESSION_IMAGE_ID, [image_id]),
@@ -283,6 +333,10 @@ def session_decode_inputs(
     if multimask_output is not None:
         inputs.append(
             data_input(mod, spec.SESSION_MULTIMASK, np.array([bool(multimask_output)], np.bool_))
+        )
+    if mask_threshold is not None:
+        inputs.append(
+            data_input(mod, spec.SESSION_MASK_THRESHOLD, np.array([mask_threshold], np.float32))
         )
     if chunk.has_mask_input.any():
         inputs += [

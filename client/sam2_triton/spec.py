@@ -158,6 +158,13 @@ SESSION_MAX_PIXELS = 64_000_000  # largest orig_hw H * W accepted (the client's 
 # stability rule) and answers only those: low_res_masks [N, C, 256, 256] and iou_predictions
 # [N, C] with C = 3 or 1 (absent: all four tokens, as the decoder gives them).
 SESSION_MULTIMASK = "multimask_output"
+# With multimask_output, "decode" may also carry mask_threshold FP32 [1]: the session model then
+# also computes the masks at the image's own size (``transforms.upsample_masks`` of the selected
+# tokens, ``logits > mask_threshold``) and can answer them as output "masks" BYTES [N, C]
+# (``transforms.encode_mask_bits``: packed bits, zlib) instead of the low-res logits: a click
+# that needs only masks moves a few kB.
+SESSION_MASK_THRESHOLD = "mask_threshold"
+SESSION_MASKS = "masks"
 
 
 def session_image_id(image: np.ndarray, orig_hw: tuple[int, int]) -> str:
@@ -206,6 +213,7 @@ def session_inputs(
         TensorSpec(MASK_INPUT, "float32", (-1, 1, LOW_RES_SIZE, LOW_RES_SIZE)),
         TensorSpec(HAS_MASK_INPUT, "float32", (-1,)),
         TensorSpec(SESSION_MULTIMASK, "bool", (1,)),
+        TensorSpec(SESSION_MASK_THRESHOLD, "float32", (1,)),
     )
 
 
@@ -220,6 +228,7 @@ def session_outputs(feature_dtype: str = "float32") -> tuple[TensorSpec, ...]:
         TensorSpec(LOW_RES_MASKS, "float32", (-1, -1, LOW_RES_SIZE, LOW_RES_SIZE)),
         TensorSpec(IOU_PREDICTIONS, "float32", (-1, -1)),
         TensorSpec(OBJECT_SCORE_LOGITS, "float32", (-1, 1)),
+        TensorSpec(SESSION_MASKS, "object", (-1, -1)),
         *feats,
     )
 

@@ -20,6 +20,7 @@ import functools
 import io
 import os
 import threading
+import zlib
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -36,6 +37,8 @@ __all__ = [
     "postprocess",
     "preprocess",
     "resize_to_model",
+    "decode_mask_bits",
+    "encode_mask_bits",
     "select_masks",
     "to_wire_image",
     "transform_boxes",
@@ -544,6 +547,43 @@ def postprocess(
     masks = upsample_masks(x, orig_hw, None if return_logits else float(mask_threshold))
     lim = _F32(spec.LOW_RES_CLAMP)
     return masks, np.clip(x, -lim, lim)
+
+
+def encode_mask_bits(masks: np.ndarray) -> np.ndarray:
+    """Bool masks ``[N, C, H, W]`` as ``[N, C]`` bytes objects: each mask's pixels in C order,
+    8 per byte (``np.packbits``), zlib-compressed. Lossless; a transport encoding of this
+    project (the session model's ``masks`` output), not a SAM 2 function."""
+    if not isinstance(masks, np.ndarray) or masks.ndim != 4 or masks.dtype != np.bool_:
+        desc = f"{masks.dtype} {masks.shape}" if isinstance(masks, np.ndarray) else type(masks)
+        raise InvalidInputError(f"masks must be a bool [N, C, H, W] array, got {desc}")
+    n, c = masks.shape[:2]
+    out = np.empty((n, c), dtype=np.object_)
+    for i in range(n):
+        for j in range(c):
+            out[i, j] = zlib.compress(np.packbits(masks[i, j], axis=None).tobytes(), 6)
+    return out
+
+
+def decode_mask_bits(blobs: np.ndarray, orig_hw: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`encode_mask_bits`: ``[N, C]`` bytes to bool ``[N, C, H, W]``."""
+    h, w = _check_hw(orig_hw)
+    blobs = np.asarray(blobs, dtype=np.object_)
+    if blobs.ndim != 2:
+        raise InvalidInputError(f"blobs must be [N, C] bytes, got shape {blobs.shape}")
+    out = np.empty((*blobs.shape, h, w), dtype=bool)
+    nbytes = (h * w + 7) // 8
+    for (i, j), blob in np.ndenumerate(blobs):
+        try:
+            raw = zlib.decompress(bytes(blob))
+        except (zlib.error, TypeError) as exc:
+            raise InvalidInputError(f"mask [{i}, {j}] is not zlib-compressed bits: {exc}") from None
+        if len(raw) != nbytes:
+            raise InvalidInputError(
+                f"mask [{i}, {j}] holds {len(raw)} bytes, expected {nbytes} for {h} x {w} pixels"
+            )
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8), count=h * w)
+        out[i, j] = bits.reshape(h, w).view(bool)
+    return out
 
 
 def _linear_weights(

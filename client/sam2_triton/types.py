@@ -57,15 +57,20 @@ class DecodeOptions:
         normalize_coords: prompts are pixels of the original image (``True``) or already in
             ``[0, 1]`` relative to it (``False``), as in ``SAM2ImagePredictor.predict``.
         mask_threshold: masks are ``logits > mask_threshold``.
+        low_res_logits: return ``Prediction.low_res_logits`` (SAM 2 does; feed them back as
+            ``mask_input`` to refine). ``False``: ``None`` instead, and a session click then
+            gets the masks from the server (computed there by the same SDK functions, the same
+            bits) instead of 1 or 3 low-resolution maps of 262 kB each: a few kB per click.
     """
 
     multimask_output: bool = True
     return_logits: bool = False
     normalize_coords: bool = True
     mask_threshold: float = spec.MASK_THRESHOLD
+    low_res_logits: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("multimask_output", "return_logits", "normalize_coords"):
+        for name in ("multimask_output", "return_logits", "normalize_coords", "low_res_logits"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise InvalidInputError(f"{name} must be True or False, got {value!r}")
@@ -179,13 +184,14 @@ class Prediction:
             decoded with ``return_logits=True``.
         scores: ``[C]`` float32 predicted IoU of each mask.
         low_res_logits: ``[C, 256, 256]`` float32 logits clamped to +-32; pass
-            ``low_res_logits[i:i+1]`` as ``Prompt.mask_input`` to refine mask ``i``.
+            ``low_res_logits[i:i+1]`` as ``Prompt.mask_input`` to refine mask ``i``. ``None``
+            when decoded with ``DecodeOptions(low_res_logits=False)``.
         object_score_logits: logit that an object is present at all (> 0: present).
     """
 
     masks: np.ndarray
     scores: np.ndarray
-    low_res_logits: np.ndarray
+    low_res_logits: np.ndarray | None
     object_score_logits: float
 
     def __repr__(self) -> str:

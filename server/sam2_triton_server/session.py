@@ -5,7 +5,8 @@ and the original H, W, runs ``sam2_encoder`` through BLS and returns the image's
 (``spec.session_image_id``, which the client computes alike: re-uploads are idempotent);
 "decode" takes an id and the decoder's prompt tensors, runs ``sam2_decoder`` on the held features
 and returns its outputs -- all four mask tokens, or with ``multimask_output`` the ones
-``sam2_triton.transforms.select_masks`` picks; "features" returns the held features.
+``sam2_triton.transforms.select_masks`` picks (with ``mask_threshold`` also the masks at the
+image's size, ``transforms.upsample_masks`` + ``encode_mask_bits``); "features" returns the held features.
 
 - The features live in an LRU store (``store.FeatureStore``) bounded by ``SESSION_CACHE_BYTES``,
   kept as the encoder's BLS output tensors (shared memory on CPU; GPU memory with
@@ -211,7 +212,7 @@ class TritonPythonModel:
         # copies: the request's buffers are released when execute() returns
         inputs = {n: np.array(t.as_numpy(), copy=True) for n, t in present.items()}
         check_inputs(op, inputs, self._max_images)
-        return _Job(op, inputs, outputs_of(op, request.requested_output_names()), sender)
+        return _Job(op, inputs, outputs_of(op, request.requested_output_names(), inputs), sender)
 
     # --- work (pool threads) ---------------------------------------------------------------
     def _run(self, job: _Job) -> None:
@@ -404,6 +405,12 @@ class TritonPythonModel:
             masks[spec.LOW_RES_MASKS], masks[spec.IOU_PREDICTIONS] = transforms.select_masks(
                 low, out[spec.IOU_PREDICTIONS].as_numpy(), multimask
             )
+            threshold = inputs.get(spec.SESSION_MASK_THRESHOLD)
+            if threshold is not None:  # the masks themselves, as the SDK computes them
+                full = transforms.upsample_masks(
+                    masks[spec.LOW_RES_MASKS], entry.orig_hw, threshold
+                )
+                masks[spec.SESSION_MASKS] = transforms.encode_mask_bits(full)
         return {
             **masks,
             spec.FINGERPRINT: decoder_fp.reshape(1, -1),

@@ -22,14 +22,21 @@ OP_INPUTS = {
     OP_ENCODE: ((IMAGE, ORIG_HW), ()),
     OP_DECODE: (
         (IMAGE_ID, spec.POINT_COORDS, spec.POINT_LABELS),
-        (spec.MASK_INPUT, spec.HAS_MASK_INPUT, spec.SESSION_MULTIMASK, IMAGE, ORIG_HW),
+        (
+            spec.MASK_INPUT,
+            spec.HAS_MASK_INPUT,
+            spec.SESSION_MULTIMASK,
+            spec.SESSION_MASK_THRESHOLD,
+            IMAGE,
+            ORIG_HW,
+        ),
     ),
     OP_FEATURES: ((IMAGE_ID,), (IMAGE, ORIG_HW)),
 }
 # the outputs each op can return, and those it returns when the request names none of them
 OP_OUTPUTS = {
     OP_ENCODE: (IMAGE_ID, ORIG_HW, spec.FINGERPRINT),
-    OP_DECODE: (*DECODER_OUTPUTS, spec.FINGERPRINT, IMAGE_ID, ORIG_HW),
+    OP_DECODE: (*DECODER_OUTPUTS, spec.SESSION_MASKS, spec.FINGERPRINT, IMAGE_ID, ORIG_HW),
     OP_FEATURES: (*spec.FEATURE_NAMES, spec.FINGERPRINT, IMAGE_ID, ORIG_HW),
 }
 OP_DEFAULT_OUTPUTS = {
@@ -66,9 +73,14 @@ def check_op(ops: np.ndarray | None, present: Iterable[str]) -> str:
     return op
 
 
-def outputs_of(op: str, requested: Iterable[str]) -> list[str]:
+def outputs_of(op: str, requested: Iterable[str], inputs: dict[str, np.ndarray]) -> list[str]:
     """The outputs to answer: those requested that ``op`` produces, else its defaults."""
     wanted = [n for n in requested if n in OP_OUTPUTS[op]]
+    if spec.SESSION_MASKS in wanted and spec.SESSION_MASK_THRESHOLD not in inputs:
+        raise RequestError(
+            f"output {spec.SESSION_MASKS!r} needs the input {spec.SESSION_MASK_THRESHOLD!r} "
+            f"(and {spec.SESSION_MULTIMASK!r}): the threshold of the masks"
+        )
     return wanted or list(OP_DEFAULT_OUTPUTS[op])
 
 
@@ -153,6 +165,19 @@ def _check_prompts(inputs: dict[str, np.ndarray]) -> None:
                 f"{list(flag.shape)}"
             )
         inputs[spec.SESSION_MULTIMASK] = bool(flag.reshape(-1)[0])
+    if spec.SESSION_MASK_THRESHOLD in inputs:
+        thr = inputs[spec.SESSION_MASK_THRESHOLD]
+        if thr.dtype != np.float32 or thr.size != 1 or not np.isfinite(thr).all():
+            raise RequestError(
+                f"input {spec.SESSION_MASK_THRESHOLD!r} must be one finite FP32, got {thr.dtype} "
+                f"{list(thr.shape)}"
+            )
+        if spec.SESSION_MULTIMASK not in inputs:
+            raise RequestError(
+                f"input {spec.SESSION_MASK_THRESHOLD!r} needs {spec.SESSION_MULTIMASK!r}: "
+                "the masks are those of the selected tokens"
+            )
+        inputs[spec.SESSION_MASK_THRESHOLD] = float(thr.reshape(-1)[0])
     mask, has_mask = inputs.get(spec.MASK_INPUT), inputs.get(spec.HAS_MASK_INPUT)
     if mask is None and has_mask is None:
         return
