@@ -491,3 +491,23 @@ def test_end_to_end_with_sam2_image_predictor(sam2_model, monkeypatch):
 def test_client_module_does_not_import_torch():
     code = "import sys, sam2_triton.transforms; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --- the masks-only session click's transport encoding ------------------------------------------
+@pytest.mark.parametrize("hw", [(1, 1), (7, 9), (480, 640), (333, 517)])
+def test_mask_bits_round_trip(hw):
+    rng = np.random.default_rng(hw[0])
+    masks = rng.random((2, 3, *hw)) > 0.5
+    blobs = T.encode_mask_bits(masks)
+    assert blobs.shape == (2, 3) and all(isinstance(b, bytes) for b in blobs.ravel())
+    np.testing.assert_array_equal(T.decode_mask_bits(blobs, hw), masks)
+
+
+def test_mask_bits_errors_name_the_problem():
+    with pytest.raises(InvalidInputError, match=r"bool \[N, C, H, W\]"):
+        T.encode_mask_bits(np.zeros((2, 4, 4), bool))
+    blobs = T.encode_mask_bits(np.ones((1, 1, 4, 4), bool))
+    with pytest.raises(InvalidInputError, match="holds 2 bytes, expected 3 for 4 x 5 pixels"):
+        T.decode_mask_bits(blobs, (4, 5))
+    with pytest.raises(InvalidInputError, match="not zlib-compressed"):
+        T.decode_mask_bits(np.array([[b"junk"]], dtype=object), (4, 4))

@@ -600,6 +600,14 @@ class LocalTritonServer:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(process.pid, signal.SIGKILL)
             code = process.wait()
+            # python-backend stubs still running after their server exited (a server stopped
+            # while it was loading models leaves them behind, orphaned, holding their memory).
+            # A process group's id is not reused while a member lives, so this kills only ours.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+                LOGGER.info(
+                    "killed python-backend stubs left by tritonserver (pid %d)", process.pid
+                )
             if code != 0:
                 self._failed = True
         if self._runtime_dir is not None:
