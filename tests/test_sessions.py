@@ -514,6 +514,9 @@ def test_masks_only_needs_the_threshold_and_multimask() -> None:
 
     with pytest.raises(RequestError, match="needs the input 'mask_threshold'"):
         outputs_of("decode", [spec.SESSION_MASKS], _decode_inputs())
+    # every output requested (a client naming none): all but the masks
+    every = [t.name for t in spec.session_outputs()]
+    assert spec.SESSION_MASKS not in outputs_of("decode", every, _decode_inputs())
     with pytest.raises(RequestError, match="needs 'multimask_output'"):
         check_inputs(
             "decode", _decode_inputs(mask_threshold=np.array([0.0], np.float32)), max_images=4

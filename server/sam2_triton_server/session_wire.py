@@ -77,10 +77,13 @@ def outputs_of(op: str, requested: Iterable[str], inputs: dict[str, np.ndarray])
     """The outputs to answer: those requested that ``op`` produces, else its defaults."""
     wanted = [n for n in requested if n in OP_OUTPUTS[op]]
     if spec.SESSION_MASKS in wanted and spec.SESSION_MASK_THRESHOLD not in inputs:
-        raise RequestError(
-            f"output {spec.SESSION_MASKS!r} needs the input {spec.SESSION_MASK_THRESHOLD!r} "
-            f"(and {spec.SESSION_MULTIMASK!r}): the threshold of the masks"
-        )
+        # a client that names no output gets all of them requested: leave out the masks then
+        wanted.remove(spec.SESSION_MASKS)
+        if not wanted:  # it asked for the masks alone
+            raise RequestError(
+                f"output {spec.SESSION_MASKS!r} needs the input {spec.SESSION_MASK_THRESHOLD!r} "
+                f"(and {spec.SESSION_MULTIMASK!r}): the threshold of the masks"
+            )
     return wanted or list(OP_DEFAULT_OUTPUTS[op])
 
 
