@@ -388,15 +388,19 @@ class SAM2Core:
         region: FeatureRegion | None = None
         if self.config.use_shared_memory:
             region = yield from self._region(embedding, features)
+
+        def infer(region: FeatureRegion | None, chunk: DecodeChunk) -> Call:
+            return self.call(
+                "infer",
+                model,
+                model_name=model,
+                inputs=self._decoder_inputs(features, region, chunk),
+                outputs=_wire.requested_outputs(self.mod, _wire.DECODER_OUTPUTS),
+            )
+
         for chunk in chunks:
             try:
-                result = yield self.call(
-                    "infer",
-                    model,
-                    model_name=model,
-                    inputs=self._decoder_inputs(features, region, chunk),
-                    outputs=_wire.requested_outputs(self.mod, _wire.DECODER_OUTPUTS),
-                )
+                result = yield infer(region, chunk)
             except InferenceError as exc:
                 if region is None or not _lost_region(exc):
                     raise
@@ -405,13 +409,7 @@ class SAM2Core:
                 logger.info("shm region %s unknown to the server: registering again", region.name)
                 self.regions.drop(embedding, region)
                 region = yield from self._region(embedding, features)
-                result = yield self.call(
-                    "infer",
-                    model,
-                    model_name=model,
-                    inputs=self._decoder_inputs(features, region, chunk),
-                    outputs=_wire.requested_outputs(self.mod, _wire.DECODER_OUTPUTS),
-                )
+                result = yield infer(region, chunk)
             preds = yield Compute(
                 _wire.parse_decoder_result, (result, len(chunk.indices), embedding, model, options)
             )
