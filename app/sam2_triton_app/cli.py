@@ -1,4 +1,5 @@
-"""sam2-triton: one command line for the whole pipeline (export, serve, segment, demo)."""
+"""sam2-triton: one command line for the whole pipeline (export, serve, segment, demo, verify,
+bench, loadtest)."""
 
 from __future__ import annotations
 
