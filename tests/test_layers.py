@@ -105,12 +105,12 @@ def test_sdk_imports_with_every_other_package_and_torch_blocked() -> None:
     assert int(proc.stdout.split()[0]) >= 10  # every module of the SDK was imported
 
 
-def test_sdk_distribution_declares_only_numpy_pillow_tritonclient() -> None:
+def test_sdk_distribution_declares_only_numpy_pillow_tritonclient_pycocotools() -> None:
     import tomllib
 
     project = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
     names = sorted(
         d.split("[")[0].split(">")[0].split("=")[0].strip() for d in project["dependencies"]
     )
-    assert names == ["numpy", "pillow", "tritonclient"]
+    assert names == ["numpy", "pillow", "pycocotools", "tritonclient"]
     assert "optional-dependencies" not in project

@@ -17,8 +17,9 @@ from sam2_triton_serve import repository
 
 ROOT = Path(__file__).resolve().parents[1] / "model_repository"
 CONFIGS = sorted(ROOT.glob("*/config.pbtxt")) + sorted(ROOT.glob("*/configs/*.pbtxt"))
-ONNX_MODELS = (spec.ENCODER_MODEL, spec.DECODER_MODEL)
-BLS_MODELS = (spec.SESSION_MODEL, spec.SEGMENT_MODEL)  # python backend in both flavours
+TRT_MODELS = (spec.ENCODER_MODEL, spec.DECODER_MODEL)  # TensorRT FP16 on the GPU flavour
+ONNX_MODELS = (*TRT_MODELS, spec.AMG_MASKS_MODEL)  # sam2_amg_masks: FP32 on every flavour
+BLS_MODELS = (spec.SESSION_MODEL, spec.SEGMENT_MODEL, spec.EVERYTHING_MODEL)  # python backend
 ONNX_CONFIGS = [p for p in CONFIGS if p.relative_to(ROOT).parts[0] in ONNX_MODELS]
 BLS_CONFIGS = [p for p in CONFIGS if p.relative_to(ROOT).parts[0] in BLS_MODELS]
 ONNX_TYPES = {
@@ -26,6 +27,7 @@ ONNX_TYPES = {
     onnx.TensorProto.FLOAT16: mc.TYPE_FP16,
     onnx.TensorProto.UINT8: mc.TYPE_UINT8,
     onnx.TensorProto.INT32: mc.TYPE_INT32,
+    onnx.TensorProto.INT64: mc.TYPE_INT64,
 }
 
 
@@ -51,7 +53,7 @@ def _signature(values) -> dict[str, tuple[int, list[int]]]:
 @pytest.fixture(scope="module")
 def onnx_signatures(exported_repo: Path) -> dict[str, tuple[dict, dict]]:
     sigs = {}
-    for model in (spec.ENCODER_MODEL, spec.DECODER_MODEL):
+    for model in ONNX_MODELS:
         m = onnx.load(str(repository.model_file(exported_repo, model)), load_external_data=False)
         sigs[model] = (_signature(m.graph.input), _signature(m.graph.output))
     return sigs
@@ -74,7 +76,9 @@ def test_config_matches_onnx(path: Path, onnx_signatures) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in ONNX_CONFIGS if p.name == "config.pbtxt"], ids=lambda p: p.parent.name
+    "path",
+    [p for p in ONNX_CONFIGS if p.name == "config.pbtxt" and p.parent.name in TRT_MODELS],
+    ids=lambda p: p.parent.name,
 )
 def test_gpu_flavour(path: Path) -> None:
     cfg = repository.parse(path.read_text())
@@ -112,6 +116,16 @@ def test_cpu_flavour(path: Path) -> None:
     assert (path.parents[1] / "1" / "model.py").read_text() == repository.model_shim(cfg.name)
     if cfg.name == spec.ENCODER_MODEL:
         assert cfg.max_batch_size > 1 and cfg.response_cache.enable
+
+
+def test_amg_masks_runs_fp32_on_the_gpu() -> None:
+    """Segment-everything's thresholds must see SAM 2's FP32 logits: ONNX Runtime on the GPU,
+    no TensorRT FP16 accelerator, one request = one batch of one crop (shapes vary)."""
+    cfg = repository.parse((ROOT / spec.AMG_MASKS_MODEL / "config.pbtxt").read_text())
+    assert cfg.backend == "onnxruntime"
+    assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert not cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
 
 
 def test_unknown_accelerator_key_is_caught() -> None:
@@ -165,6 +179,13 @@ def test_bls_model_configs(path: Path) -> None:
         assert outputs[spec.IOU_PREDICTIONS] == [-1, -1]  # C = 4, 3 or 1
         assert int(params["SESSION_CACHE_BYTES"]) > 16_777_216  # more than one FP32 image
         assert params["SESSION_FEATURES_ON_GPU"] == ("true" if gpu else "false")
+    elif cfg.name == spec.EVERYTHING_MODEL:
+        assert [t.name for t in cfg.input] == [spec.EVERYTHING_IMAGE, spec.EVERYTHING_OPTIONS]
+        assert all(t.optional for t in cfg.input)  # image, or options.image_id
+        assert {t.data_type for t in (*cfg.input, *cfg.output)} == {mc.TYPE_STRING}
+        assert params["AMG_MASKS_MODEL"] == spec.AMG_MASKS_MODEL
+        assert params["SESSION_MODEL"] == spec.SESSION_MODEL
+        assert params["ENCODER_IMAGE_DTYPE"] == "float32"
     else:
         assert [t.name for t in cfg.input] == [spec.SEGMENT_IMAGE, spec.SEGMENT_PROMPTS]
         assert {t.data_type for t in (*cfg.input, *cfg.output)} == {mc.TYPE_STRING}
@@ -288,6 +309,9 @@ def test_the_server_package_uses_the_sdk_and_restates_none_of_it() -> None:
         "postprocess",
         "session_image_id",
         "encode",
+        "transform_coords",
+        "generate_crop_boxes",
+        "nms",
     }  # encode: pycocotools.mask's RLE
     assert needed <= used, needed - used
 

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -310,16 +311,14 @@ def test_segment_pipeline_is_the_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
         answers.append((low, rng.random((n, 4), np.float32), rng.normal(size=(n, 1))))
         return answers[-1]
 
-    wires: list[np.ndarray] = []
+    images: list[np.ndarray] = []
 
-    def fake_encode(wire: np.ndarray):
-        wires.append(wire)
+    def fake_encode(image01: np.ndarray):
+        images.append(image01)
         return [], np.array([7, 9], np.int32)
 
     model = segment.TritonPythonModel()
-    model._image_dtype = np.dtype(np.float32)
-    monkeypatch.setattr(model, "_encode", fake_encode)
-    monkeypatch.setattr(model, "_decode", fake_decode)
+    model.models = SimpleNamespace(encode=fake_encode, decode=fake_decode)
     image = picture(2, 37, 53)
     doc = {
         "objects": [
@@ -331,8 +330,7 @@ def test_segment_pipeline_is_the_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     result = model.segment(png(image), json.dumps(doc).encode())
     assert (result["width"], result["height"], result["model_fingerprint"]) == (53, 37, [7, 9])
-    want_wire = transforms.to_wire_image(transforms.load_image(png(image)))
-    np.testing.assert_array_equal(wires[0], want_wire[None])
+    np.testing.assert_array_equal(images[0], transforms.load_image(png(image)))
     assert [c[0].tolist() for c in calls] == [[0, 2], [1]]
     for (indices, _), (low, iou, obj) in zip(calls, answers):
         sel_low, sel_iou = transforms.select_masks(low, iou, False)

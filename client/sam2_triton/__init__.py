@@ -6,7 +6,8 @@
         emb = client.encode("photo.jpg")
         pred = client.decode(emb, Prompt(point_coords=[[500, 375]], point_labels=[1]))
 
-``AsyncSAM2Client`` is the asyncio twin; ``SAM2ImagePredictor`` mirrors SAM 2's predictor API.
+``AsyncSAM2Client`` is the asyncio twin; ``SAM2ImagePredictor`` and ``SAM2AutomaticMaskGenerator``
+mirror SAM 2's predictor and automatic mask generator.
 The clients (and tritonclient) are imported on first use, so ``import sam2_triton`` is cheap.
 """
 
@@ -44,6 +45,7 @@ from .types import (
 if TYPE_CHECKING:
     from .aio import AsyncSAM2Client
     from .client import SAM2Client
+    from .generator import AsyncSAM2AutomaticMaskGenerator, SAM2AutomaticMaskGenerator
     from .predictor import SAM2ImagePredictor
 
 __version__ = "0.1.0"
@@ -52,10 +54,13 @@ _LAZY = {
     "SAM2Client": ".client",
     "AsyncSAM2Client": ".aio",
     "SAM2ImagePredictor": ".predictor",
+    "SAM2AutomaticMaskGenerator": ".generator",
+    "AsyncSAM2AutomaticMaskGenerator": ".generator",
 }
 
 __all__ = [
     "AccessDeniedError",
+    "AsyncSAM2AutomaticMaskGenerator",
     "AsyncSAM2Client",
     "CacheStats",
     "ClientClosedError",
@@ -72,6 +77,7 @@ __all__ = [
     "Prompt",
     "RemoteEmbedding",
     "RequestTimeoutError",
+    "SAM2AutomaticMaskGenerator",
     "SAM2Client",
     "SAM2ImagePredictor",
     "SAM2TritonError",

@@ -310,7 +310,7 @@ class SAM2Core:
         items = list(pending.items())
         if session is not None:
             for key, (idx, hw, wire) in items:  # one image per upload: one routing key each
-                emb = yield from self._upload(wire, hw)
+                emb = yield from self.upload_flow(wire, hw)
                 if isinstance(key, bytes):
                     self.cache.put(key, emb)
                 for i in idx:
@@ -488,7 +488,7 @@ class SAM2Core:
             delay = min(2 * delay, 0.1)
 
     # sessions
-    def _upload(self, wire: np.ndarray, hw: tuple[int, int]) -> Flow[RemoteEmbedding]:
+    def upload_flow(self, wire: np.ndarray, hw: tuple[int, int]) -> Flow[RemoteEmbedding]:
         """op "encode": upload one encoder input ``[3, 1024, 1024]``, get its id.
 
         The id is computed here too (the same sha256 as the server's) and sent as the

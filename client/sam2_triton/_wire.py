@@ -291,6 +291,13 @@ def _bytes_input(mod: ModuleType, name: str, values: Sequence[str]) -> Any:
     return inp
 
 
+def bytes_input(mod: ModuleType, name: str, data: bytes) -> Any:
+    """A BYTES ``[1]`` input holding ``data`` as it is (an encoded image, a JSON document)."""
+    inp = mod.InferInput(name, [1], "BYTES")
+    inp.set_data_from_numpy(np.array([data], dtype=np.object_))
+    return inp
+
+
 SESSION_ENCODE_OUTPUTS = (spec.SESSION_IMAGE_ID, spec.SESSION_ORIG_HW, spec.FINGERPRINT)
 SESSION_FEATURE_OUTPUTS = ENCODER_OUTPUTS
 SESSION_MASK_OUTPUTS = (

@@ -241,3 +241,75 @@ def segment_inputs() -> tuple[TensorSpec, ...]:
 def segment_outputs() -> tuple[TensorSpec, ...]:
     """Outputs of ``sam2_segment``."""
     return (TensorSpec(SEGMENT_RESULT, "object", (1,)),)
+
+
+# --- segment everything ------------------------------------------------------------------------
+# ``sam2_amg_masks`` (ONNX, built by ``sam2-triton export``; FP32 on every flavour: its thresholds
+# must see SAM 2's exact logits) does the per-mask work of SAM2AutomaticMaskGenerator._process_batch
+# for one batch of one crop: upsample the selected low-res logits to the crop's size, filter by
+# predicted IoU, stability score and crop edge, threshold, box, uncrop.
+#   inputs:  low_res_masks [N, 256, 256] FP32, iou_predictions [N] FP32,
+#            crop_box [4] INT64 (x0, y0, x1, y1 in the image), orig_hw [2] INT64 (H, W),
+#            amg_thresholds [5] FP32 (pred_iou_thresh, stability_score_thresh, mask_threshold,
+#            mask_threshold + stability_score_offset, mask_threshold - stability_score_offset:
+#            each the float32 of SAM 2's float64 value; NaN turns a filter off)
+#   outputs: keep [K] INT64 (indices into N, ascending), stability_score [K] FP32,
+#            boxes [K, 4] INT64 (XYXY in the crop, batched_mask_to_box),
+#            masks_t [K, W, H] UINT8 (uncropped masks, transposed: the C-order bytes are the
+#            column-major order pycocotools encodes, so no host copy is needed)
+AMG_MASKS_MODEL = "sam2_amg_masks"
+AMG_CROP_BOX = "crop_box"
+AMG_ORIG_HW = "orig_hw"
+AMG_THRESHOLDS = "amg_thresholds"
+AMG_KEEP = "keep"
+AMG_STABILITY = "stability_score"
+AMG_BOXES = "boxes"
+AMG_MASKS_T = "masks_t"
+
+
+def amg_masks_inputs() -> tuple[TensorSpec, ...]:
+    """Inputs of ``sam2_amg_masks``."""
+    return (
+        TensorSpec(LOW_RES_MASKS, "float32", (-1, LOW_RES_SIZE, LOW_RES_SIZE)),
+        TensorSpec(IOU_PREDICTIONS, "float32", (-1,)),
+        TensorSpec(AMG_CROP_BOX, "int64", (4,)),
+        TensorSpec(AMG_ORIG_HW, "int64", (2,)),
+        TensorSpec(AMG_THRESHOLDS, "float32", (5,)),
+    )
+
+
+def amg_masks_outputs() -> tuple[TensorSpec, ...]:
+    """Outputs of ``sam2_amg_masks``."""
+    return (
+        TensorSpec(AMG_KEEP, "int64", (-1,)),
+        TensorSpec(AMG_STABILITY, "float32", (-1,)),
+        TensorSpec(AMG_BOXES, "int64", (-1, 4)),
+        TensorSpec(AMG_MASKS_T, "uint8", (-1, -1, -1)),
+    )
+
+
+# ``sam2_everything`` (python backend, BLS): SAM2AutomaticMaskGenerator.generate in one request.
+#   inputs (both optional): image BYTES [1] (an encoded PNG/JPEG/..., raw or base64, as for
+#            sam2_segment), options BYTES [1] (JSON: GeneratorOptions' fields but output_mode,
+#            plus "image_id": a sam2_session id to use instead of image, and "output_mode":
+#            "coco_rle" (default) or "uncompressed_rle")
+#   output:  result BYTES [1] (JSON: width, height, model_fingerprint, masks: SAM 2's records)
+EVERYTHING_MODEL = "sam2_everything"
+EVERYTHING_IMAGE = "image"
+EVERYTHING_OPTIONS = "options"
+EVERYTHING_RESULT = "result"
+EVERYTHING_IMAGE_ID_KEY = "image_id"  # keys of the options JSON besides GeneratorOptions' fields
+EVERYTHING_OUTPUT_MODE_KEY = "output_mode"
+
+
+def everything_inputs() -> tuple[TensorSpec, ...]:
+    """Inputs of ``sam2_everything`` (both optional)."""
+    return (
+        TensorSpec(EVERYTHING_IMAGE, "object", (1,)),
+        TensorSpec(EVERYTHING_OPTIONS, "object", (1,)),
+    )
+
+
+def everything_outputs() -> tuple[TensorSpec, ...]:
+    """Outputs of ``sam2_everything``."""
+    return (TensorSpec(EVERYTHING_RESULT, "object", (1,)),)

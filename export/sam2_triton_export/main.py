@@ -16,7 +16,7 @@ from pathlib import Path
 from sam2_triton import spec
 from sam2_triton_serve import repository
 
-from . import checkpoints, install, onnx_export, verify
+from . import amg_graph, amg_verify, checkpoints, install, onnx_export, verify
 from .errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -152,11 +152,13 @@ def export(args: argparse.Namespace) -> dict:
     opts = repository.RepositoryOptions(image_dtype=args.image_dtype, feature_dtype=feature_dtype)
     enc_rel = f"{spec.ENCODER_MODEL}/1/{repository.MODEL_FILENAME}"
     dec_rel = f"{spec.DECODER_MODEL}/1/{repository.MODEL_FILENAME}"
+    amg_rel = f"{spec.AMG_MASKS_MODEL}/1/{repository.MODEL_FILENAME}"
     with install.staging_dir(args.output) as staged:
         timings = {}
         for rel, fn in (
             (enc_rel, lambda p: onnx_export.export_encoder(encoder, p)),
             (dec_rel, lambda p: onnx_export.export_decoder(decoder, p, feature_dtype)),
+            (amg_rel, amg_graph.export),
         ):
             (staged / rel).parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
@@ -171,6 +173,7 @@ def export(args: argparse.Namespace) -> dict:
         report = verify.verify(
             model, encoder, decoder, staged / enc_rel, staged / dec_rel, tolerance=args.tolerance
         )
+        report.amg_masks = amg_verify.verify(staged / amg_rel)
         timings["verify"] = round(time.perf_counter() - start, 1)
         _print_report(report)
         verify.check(report)
@@ -199,7 +202,8 @@ def export(args: argparse.Namespace) -> dict:
                 "sam2_triton": metadata.version("sam2-triton"),
             },
             "models": {
-                rel.split("/")[0]: _describe(staged / rel, rel) for rel in (enc_rel, dec_rel)
+                rel.split("/")[0]: _describe(staged / rel, rel)
+                for rel in (enc_rel, dec_rel, amg_rel)
             },
             "parity": report.as_dict(),
             "seconds": {**timings, "total": round(time.perf_counter() - t0, 1)},
@@ -208,7 +212,7 @@ def export(args: argparse.Namespace) -> dict:
         install.install(
             staged,
             args.output,
-            [enc_rel, dec_rel, *repository.config_files(opts)],
+            [enc_rel, dec_rel, amg_rel, *repository.config_files(opts)],
             last=repository.MANIFEST_FILENAME,
         )
     return manifest

@@ -41,6 +41,7 @@ class ParityReport:
     min_iou_required: float = 1.0
     passed: bool = False
     failures: list[str] = field(default_factory=list)
+    amg_masks: dict[str, float] = field(default_factory=dict)  # sam2_amg_masks vs sam2.utils.amg
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -9,9 +9,10 @@ Two flavours of one repository (``model_repository/``):
   for the tritonserver that ships in the ``nvidia-pytriton`` wheel, which has no ONNX Runtime
   backend.
 
-Two more models, python backend in both flavours, call the encoder and decoder through BLS:
-``sam2_session`` (features held on the server, clicks carry an image id) and ``sam2_segment``
-(one-shot segmentation over plain REST).
+Python-backend models (both flavours) call the others through BLS: ``sam2_session`` (features
+held on the server, clicks carry an image id), ``sam2_segment`` (one-shot segmentation over
+plain REST) and ``sam2_everything`` (SAM 2's automatic mask generator in one request; its
+per-mask work runs in the ``sam2_amg_masks`` ONNX graph, FP32 on either flavour).
 
 Every python-backend model's ``1/model.py`` is a shim (``model_shim``) that imports its
 ``TritonPythonModel`` from the ``sam2-triton-server`` package (``sam2_triton_server``), which
@@ -83,6 +84,7 @@ _DTYPES = {
     "float16": mc.TYPE_FP16,
     "uint8": mc.TYPE_UINT8,
     "int32": mc.TYPE_INT32,
+    "int64": mc.TYPE_INT64,
     "object": mc.TYPE_STRING,
 }
 
@@ -122,6 +124,8 @@ class RepositoryOptions:
     session_max_pending: requests ``sam2_session``/``sam2_segment`` run at once, one thread each
         (so a long encode does not hold up other users' clicks); more are refused with
         UNAVAILABLE "too many requests".
+    everything_max_pending: the same for ``sam2_everything`` (each request holds a batch of
+        full-size masks in memory while it runs).
     """
 
     image_dtype: str = "float32"
@@ -140,6 +144,7 @@ class RepositoryOptions:
     session_features_on_gpu: bool = True
     session_threads: int = 8
     session_max_pending: int = 64
+    everything_max_pending: int = 4
 
     def __post_init__(self) -> None:
         if self.image_dtype not in ("float32", "float16", "uint8"):
@@ -172,7 +177,12 @@ class RepositoryOptions:
                 f"engine_cache_key must be 8 to 64 lowercase hex characters, got "
                 f"{self.engine_cache_key!r}"
             )
-        for name in ("session_cache_bytes", "session_threads", "session_max_pending"):
+        for name in (
+            "session_cache_bytes",
+            "session_threads",
+            "session_max_pending",
+            "everything_max_pending",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
@@ -406,6 +416,57 @@ def segment_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
     return cfg
 
 
+def amg_masks_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> mc.ModelConfig:
+    """The ``sam2_amg_masks`` config: segment-everything's per-mask work (an ONNX graph).
+
+    GPU flavour: ONNX Runtime on the GPU in FP32 (CUDA execution provider, no TensorRT: its
+    thresholds must see SAM 2's exact FP32 logits). max_batch_size 0: one batch of one crop per
+    request, its shapes vary with the crop.
+    """
+    _check_flavour(flavour)
+    gpu = flavour == "gpu"
+    cfg = mc.ModelConfig(name=spec.AMG_MASKS_MODEL, max_batch_size=0)
+    cfg.backend = "onnxruntime" if gpu else "python"
+    if gpu:
+        cfg.default_model_filename = MODEL_FILENAME
+    _io(cfg, spec.amg_masks_inputs(), spec.amg_masks_outputs(), False)
+    cfg.instance_group.add(
+        kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU, count=1
+    )
+    if not gpu:
+        _python_params(cfg)
+    return cfg
+
+
+def everything_config(
+    flavour: str, opts: RepositoryOptions = RepositoryOptions()
+) -> mc.ModelConfig:
+    """The ``sam2_everything`` config: python backend, BLS to the encoder, the decoder,
+    ``sam2_amg_masks`` and (for ``image_id``) ``sam2_session``; both inputs optional."""
+    _check_flavour(flavour)
+    cfg = mc.ModelConfig(name=spec.EVERYTHING_MODEL, max_batch_size=0)
+    for t in spec.everything_inputs():
+        cfg.input.append(
+            mc.ModelInput(
+                name=t.name, data_type=_DTYPES[t.dtype], dims=list(t.shape), optional=True
+            )
+        )
+    cfg.output.extend(_tensor(t, False, mc.ModelOutput) for t in spec.everything_outputs())
+    _bls_model(
+        cfg,
+        flavour,
+        opts,
+        {
+            "AMG_MASKS_MODEL": spec.AMG_MASKS_MODEL,
+            "SESSION_MODEL": spec.SESSION_MODEL,
+            "ENCODER_IMAGE_DTYPE": opts.image_dtype,
+            # each request holds a batch's logits and masks in memory: few at once
+            "SEGMENT_MAX_PENDING": str(opts.everything_max_pending),
+        },
+    )
+    return cfg
+
+
 def _python_params(cfg: mc.ModelConfig) -> None:
     # The python-backend stub runs in isolated mode; sam2-triton serve points it at the
     # environment that has onnxruntime (see sam2_triton_serve.launcher).
@@ -435,6 +496,11 @@ MODEL_SHIMS = {
     spec.DECODER_MODEL: _ONNX_SHIM,
     spec.SESSION_MODEL: ("sam2_session: image features held on the server (BLS).", "session"),
     spec.SEGMENT_MODEL: ("sam2_segment: one-shot segmentation over plain REST (BLS).", "segment"),
+    spec.AMG_MASKS_MODEL: _ONNX_SHIM,
+    spec.EVERYTHING_MODEL: (
+        "sam2_everything: segment everything in one request (BLS).",
+        "everything",
+    ),
 }
 
 
@@ -458,6 +524,8 @@ def config_files(opts: RepositoryOptions = RepositoryOptions()) -> dict[str, str
         (spec.DECODER_MODEL, decoder_config),
         (spec.SESSION_MODEL, session_config),
         (spec.SEGMENT_MODEL, segment_config),
+        (spec.AMG_MASKS_MODEL, amg_masks_config),
+        (spec.EVERYTHING_MODEL, everything_config),
     ):
         files[f"{name}/config.pbtxt"] = render(build("gpu", opts))
         files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))
