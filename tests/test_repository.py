@@ -216,11 +216,11 @@ def test_model_files_are_shims_onto_the_server_package(model: str) -> None:
 
 def _sdk_names() -> tuple[set[str], dict[str, object]]:
     """Public functions/classes of the SDK's pure modules, and spec's constants by name."""
-    from sam2_triton import prompts, transforms
+    from sam2_triton import amg, prompts, transforms
 
     functions = {
         name
-        for module in (spec, transforms, prompts)
+        for module in (spec, transforms, prompts, amg)
         for name, value in vars(module).items()
         if not name.startswith("_")
         and (inspect.isfunction(value) or inspect.isclass(value))

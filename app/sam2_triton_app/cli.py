@@ -1,5 +1,5 @@
-"""sam2-triton: one command line for the whole pipeline (export, serve, segment, demo, verify,
-bench, loadtest)."""
+"""sam2-triton: one command line for the whole pipeline (export, serve, segment, batch, demo,
+verify, bench, loadtest)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ SUBCOMMANDS = {
         "add_arguments",
         "run",
         "segment an image through a running Triton server",
+    ),
+    "batch": (
+        "sam2_triton_app.batch",
+        "add_arguments",
+        "run",
+        "segment many images (folder, glob, COCO or JSON Lines prompts) into COCO RLE results; "
+        "resumable, several servers",
     ),
     "demo": (
         "sam2_triton_app.demo",

@@ -14,7 +14,7 @@ from PIL import Image
 from . import _wire, spec, transforms
 from ._core import Compute, Flow, SAM2Core
 from .amg import GeneratorOptions
-from .errors import InferenceError, InvalidImageError, UnknownImageError
+from .errors import InferenceError, InvalidImageError, InvalidInputError, UnknownImageError
 from .types import RemoteEmbedding
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,10 @@ def generate_flow(
     headers = None
     inputs = []
     if isinstance(image, RemoteEmbedding):
+        if options.crop_n_layers:
+            raise InvalidInputError(
+                "crop_n_layers > 0 needs the image's pixels: pass the image, not a RemoteEmbedding"
+            )
         doc[spec.EVERYTHING_IMAGE_ID_KEY] = image.image_id
         headers = {spec.SESSION_ROUTING_HEADER: image.image_id}
     else:

@@ -93,6 +93,13 @@ class GeneratorOptions:
             )
         if self.points_per_side is not None:
             _check_int(self.points_per_side, "points_per_side", 1, MAX_POINTS_PER_SIDE)
+            scale = self.crop_n_points_downscale_factor**self.crop_n_layers
+            if int(self.points_per_side / scale) < 1:
+                raise InvalidInputError(
+                    f"points_per_side={self.points_per_side} downscaled by "
+                    f"crop_n_points_downscale_factor**{self.crop_n_layers} leaves no point in crop "
+                    f"layer {self.crop_n_layers}: raise points_per_side or lower the factor"
+                )
         else:
             object.__setattr__(self, "point_grids", _check_grids(self.point_grids))
             if len(self.point_grids) < self.crop_n_layers + 1:

@@ -26,6 +26,7 @@ from . import amg_engine
 from ._triton import RequestError, parameter, pb_utils
 from .oneshot import BLSModels, OneShotModel, decode_image, parse_json_object
 
+
 def parse_options(raw: bytes | None) -> tuple[amg.GeneratorOptions, str | None, str]:
     """``(GeneratorOptions, image_id or None, output_mode)`` from the ``options`` element."""
     doc = parse_json_object(raw, "options") if raw else {}

@@ -29,7 +29,7 @@ from sam2_triton.types import Prompt
 from ._triton import RequestError
 from .oneshot import OneShotModel, decode_image, image_bytes, parse_json_object
 
-__all__ = ["TritonPythonModel", "decode_image", "image_bytes", "parse_prompts", "wire_prompts"]
+__all__ = ("TritonPythonModel", "decode_image", "image_bytes", "parse_prompts", "wire_prompts")
 
 MAX_OBJECTS = 256
 OBJECT_KEYS = ("points", "labels", "box")
