@@ -271,3 +271,38 @@ def test_bad_requests_get_clear_errors(triton_server) -> None:
         SAM2AutomaticMaskGenerator(url=triton_server.grpc_url).generate(np.zeros((4, 4, 3)))
     assert "unknown image id" in infer({"image_id": "0" * 64, "points_per_side": 2}, None)
     client.close()
+
+
+@pytest.mark.triton
+def test_cli_segment_everything_writes_coco_and_overlay(triton_server, tmp_path) -> None:
+    """``sam2-triton segment IMAGE --everything``: a COCO dataset that pycocotools loads, with
+    the generator's masks, and an overlay with one colour per mask."""
+    from PIL import Image
+    from pycocotools.coco import COCO
+
+    from sam2_triton import SAM2AutomaticMaskGenerator
+    from sam2_triton_app import cli
+
+    image = tmp_path / "picture.png"
+    Image.fromarray(picture(200, 240, seed=6)).save(image)
+    kwargs = {**LOWERED, "points_per_side": 4}
+    out_json, out_png = tmp_path / "masks.json", tmp_path / "overlay.png"
+    argv = ["segment", str(image), "--everything", "--everything-options", json.dumps(kwargs),
+            "--url", triton_server.grpc_url, "--json", str(out_json), "--overlay", str(out_png)]  # fmt: skip
+    assert cli.main(argv) == 0
+    with SAM2AutomaticMaskGenerator(
+        url=triton_server.grpc_url, output_mode="coco_rle", **kwargs
+    ) as g:
+        want = g.generate(image)
+    coco = COCO(str(out_json))
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
+    assert len(anns) == len(want) >= 2
+    for ann, w in zip(anns, want):
+        assert ann["segmentation"] == w["segmentation"] and ann["bbox"] == w["bbox"]
+        np.testing.assert_array_equal(coco.annToMask(ann), coco_mask.decode(
+            {**w["segmentation"], "counts": w["segmentation"]["counts"].encode()}))  # fmt: skip
+    overlay = np.asarray(Image.open(out_png).convert("RGB"))
+    original = np.asarray(Image.open(image).convert("RGB"))
+    assert overlay.shape == original.shape and (overlay != original).any()
+    with pytest.raises(SystemExit, match="--everything takes no --point"):
+        cli.main([*argv[:3], "--point", "3,3", "--url", triton_server.grpc_url])

@@ -18,11 +18,12 @@ BLOCKS = [
 ]
 
 
-def _run(block: str, server, cwd: Path | None = None) -> str:
+def _run(block: str, server, cwd: Path | None = None, **env_vars: str) -> str:
     env = {
         "TRITON": server.http_url.removeprefix("http://"),
         "METRICS": server.metrics_url.removeprefix("http://").removesuffix("/metrics"),
         "PATH": "/usr/bin:/bin",
+        **env_vars,
     }
     proc = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", block],
@@ -37,7 +38,7 @@ def _run(block: str, server, cwd: Path | None = None) -> str:
 
 
 def test_readme_has_the_examples() -> None:
-    assert len(BLOCKS) == 5
+    assert len(BLOCKS) == 6
 
 
 def test_health_metadata_config(triton_server) -> None:
@@ -95,3 +96,26 @@ def test_one_shot_segmentation_with_curl(triton_server, tmp_path: Path) -> None:
     rle = obj["masks"][0]
     mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
     np.testing.assert_array_equal(mask.astype(bool), pred.masks[0])
+
+
+def test_segment_everything_with_curl(triton_server, tmp_path: Path) -> None:
+    """The README's curl call to sam2_everything: SAM 2's records, the SDK generator's masks.
+    OPTIONS lowers the thresholds (random weights keep no mask at SAM 2's defaults)."""
+    import numpy as np
+    from PIL import Image
+
+    from sam2_triton import SAM2AutomaticMaskGenerator
+
+    yy, xx = np.mgrid[0:240, 0:320]
+    photo = np.stack([np.sin(xx / 20.0), np.cos(yy / 15.0), np.sin((xx + yy) / 25.0)], -1)
+    Image.fromarray(((photo + 1) * 127.5).astype(np.uint8)).save(tmp_path / "photo.png")
+    options = {"points_per_side": 4, "pred_iou_thresh": 0.45, "stability_score_thresh": 0.15,
+               "stability_score_offset": 0.05, "mask_threshold": 0.12, "box_nms_thresh": 0.95}  # fmt: skip
+    escaped = json.dumps(options).replace('"', '\\"')
+    result = json.loads(_run(BLOCKS[5], triton_server, cwd=tmp_path, OPTIONS=escaped))
+    assert (result["width"], result["height"], result["output_mode"]) == (320, 240, "coco_rle")
+    with SAM2AutomaticMaskGenerator(
+        url=triton_server.grpc_url, output_mode="coco_rle", **options
+    ) as generator:
+        want = generator.generate(tmp_path / "photo.png")
+    assert result["masks"] == want and len(want) >= 1

@@ -9,16 +9,15 @@ images in flight over the servers: ``batch_scheduler``; one image: ``batch_worke
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from sam2_triton.amg import GeneratorOptions
 from sam2_triton.errors import InvalidInputError
 
+from . import everything
 from .batch_inputs import BatchInputError, InputSpec
 from .batch_journal import Journal, Summary, assemble, remove_stale_temps
 from .batch_scheduler import Scheduler, Servers, ServersDown
@@ -48,18 +47,6 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected a JSON object, got invalid JSON: {exc}"
-        ) from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -152,47 +139,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after this many images in a row failed because no server answered "
         "(default 8); they are retried on the next run",
     )
-    everything = parser.add_argument_group("segment everything (images without prompts)")
-    everything.add_argument(
-        "--points-per-side",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="grid of N x N clicks (default: SAM2AutomaticMaskGenerator's)",
-    )
-    everything.add_argument(
-        "--pred-iou-thresh", type=float, default=None, metavar="T", help="keep masks above T"
-    )
-    everything.add_argument(
-        "--stability-score-thresh",
-        type=float,
-        default=None,
-        metavar="T",
-        help="keep masks whose stability score is above T",
-    )
-    everything.add_argument(
-        "--everything-options",
-        type=_json_object,
-        default=None,
-        metavar="JSON",
-        help="any SAM2AutomaticMaskGenerator parameters as a JSON object, e.g. "
-        '\'{"points_per_side": 16, "crop_n_layers": 1}\' (the three flags above override it)',
-    )
+    everything.add_generator_arguments(parser, "segment everything (images without prompts)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 # --- settings ----------------------------------------------------------------------------------------
 def _options(args: argparse.Namespace) -> Options:
-    everything = dict(args.everything_options or {})
-    everything.update(
-        {
-            name: getattr(args, name)
-            for name in ("points_per_side", "pred_iou_thresh", "stability_score_thresh")
-            if getattr(args, name) is not None
-        }
-    )
+    kwargs = everything.generator_kwargs(args)
     png_dir = args.png_dir.resolve() if args.png_dir else None
-    return Options(args.multimask, args.category_id, png_dir, everything)
+    return Options(args.multimask, args.category_id, png_dir, kwargs)
 
 
 def settings(spec: InputSpec, options: Options) -> dict[str, Any]:
@@ -231,9 +186,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     spec = InputSpec(tuple(args.inputs), args.coco_images, args.images_dir)
-    options = _options(args)
     try:
-        GeneratorOptions.from_mapping(options.everything, "segment everything options")
+        options = _options(args)
     except InvalidInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -28,7 +28,7 @@ SUBCOMMANDS = {
         "sam2_triton_app.segment",
         "add_arguments",
         "run",
-        "segment an image through a running Triton server",
+        "segment an image through a running Triton server (clicks, boxes or --everything)",
     ),
     "batch": (
         "sam2_triton_app.batch",

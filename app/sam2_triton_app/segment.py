@@ -1,4 +1,5 @@
-"""``sam2-triton segment``: segment one image from the command line through a Triton server."""
+"""``sam2-triton segment``: segment one image from the command line through a Triton server:
+the objects given by clicks and boxes, or everything (``--everything``, see ``everything``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from sam2_triton import Prompt, transforms
 from sam2_triton.errors import SAM2TritonError
 
-from . import visualize
+from . import everything, visualize
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -62,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "be combined with at most one box)",
     )
     parser.add_argument(
+        "--everything",
+        action="store_true",
+        help="no prompts: every object (SAM 2's automatic mask generator, one request); "
+        "--json writes a COCO dataset, --overlay one colour per mask",
+    )
+    parser.add_argument(
         "--url",
         default=None,
         help="Triton address host:port (default localhost:8001 for gRPC, localhost:8000 for HTTP)",
@@ -76,13 +83,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "single click (ambiguous), as SAM 2 recommends",
     )
     parser.add_argument(
-        "--output", type=Path, help="mask PNG: 255 = object (one object), k = object k (several)"
+        "--output",
+        type=Path,
+        help="mask PNG: 255 = object (one object), k = object k (several, up to 254)",
     )
     parser.add_argument("--overlay", type=Path, help="picture of the masks over the image")
-    parser.add_argument("--json", type=Path, help="scores, areas, boxes (and RLE) as JSON")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="scores, areas, boxes (and RLE) as JSON; with --everything a COCO dataset (RLE masks)",
+    )
     parser.add_argument(
         "--rle", action="store_true", help="add COCO RLE masks to --json (needs pycocotools)"
     )
+    everything.add_generator_arguments(parser, "--everything options")
 
 
 def _prompts(args: argparse.Namespace) -> list[Prompt]:
@@ -119,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     """Segment ``args.image``; returns the exit code."""
     from sam2_triton import SAM2Client
 
+    if args.everything:
+        if args.point or args.box:
+            raise SystemExit("error: --everything takes no --point or --box")
+        return everything.run(args)
     prompts = _prompts(args)
     if not (args.output or args.overlay or args.json):
         print("note: no --output/--overlay/--json given; printing scores only", file=sys.stderr)

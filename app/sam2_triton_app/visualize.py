@@ -27,16 +27,18 @@ def overlay(
     points: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     boxes: np.ndarray | None = None,
+    colors: Sequence[tuple[int, int, int]] | None = None,
 ) -> Image.Image:
     """Blend masks onto an image and draw the prompts.
 
-    image: ``[H, W, 3]`` uint8 RGB. masks: K boolean ``[H, W]`` masks (one colour each).
+    image: ``[H, W, 3]`` uint8 RGB. masks: K boolean ``[H, W]`` masks (one colour each:
+    ``colors[k]``, or the palette in turn).
     points: ``[P, 2]`` xy pixels, labels ``[P]`` (1 = green foreground, 0 = red background),
     boxes ``[B, 4]`` xyxy. Returns an RGB PIL image of size W x H.
     """
     out = image.astype(np.float32).copy()
     for i, mask in enumerate(masks):
-        color = np.array(PALETTE[i % len(PALETTE)], np.float32)
+        color = np.array(colors[i] if colors else PALETTE[i % len(PALETTE)], np.float32)
         m = np.asarray(mask, bool)
         out[m] = out[m] * (1 - alpha) + color * alpha
     picture = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))

@@ -97,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         print("Nothing was installed; the repository is unchanged.", file=sys.stderr)
         return 1
-    print(f"Installed {spec.ENCODER_MODEL} and {spec.DECODER_MODEL} into {args.output}")
+    print(
+        f"Installed {spec.ENCODER_MODEL}, {spec.DECODER_MODEL} and {spec.AMG_MASKS_MODEL} into "
+        f"{args.output}"
+    )
     if manifest["weights"]["random"]:
         print(RANDOM_WARNING.format(seed=args.seed), file=sys.stderr)
     return 0
@@ -258,4 +261,8 @@ def _print_report(report: verify.ParityReport) -> None:
         f"    {'min mask IoU':50s} {report.min_mask_iou:.6f} (required >= {report.min_iou_required})",
         file=sys.stderr,
     )
+    if report.amg_masks:
+        print(f"  {spec.AMG_MASKS_MODEL} vs sam2.utils.amg:", file=sys.stderr)
+        for k, v in report.amg_masks.items():
+            print(f"    {k:50s} {v:.3g}", file=sys.stderr)
     print(f"  verification {'PASSED' if report.passed else 'FAILED'}", file=sys.stderr)
