@@ -114,7 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=120.0,
         metavar="S",
-        help="per-request timeout, seconds (default 120)",
+        help="per-request timeout, seconds (default 120; an image without prompts is ONE "
+        "segment-everything request: raise it for big grids on a CPU server)",
     )
     parser.add_argument(
         "--retries",

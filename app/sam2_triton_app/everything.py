@@ -125,10 +125,12 @@ def run(args: argparse.Namespace) -> int:
     from pycocotools import mask as coco_mask
 
     from sam2_triton import SAM2AutomaticMaskGenerator, SAM2Client
+    from sam2_triton import generator as generator_module
 
     try:
         kwargs = generator_kwargs(args)
-        with SAM2Client(args.url, args.protocol, timeout_s=args.timeout) as client:
+        timeout = args.timeout or generator_module.DEFAULT_TIMEOUT_S
+        with SAM2Client(args.url, args.protocol, timeout_s=timeout) as client:
             generator = SAM2AutomaticMaskGenerator(client, output_mode="coco_rle", **kwargs)
             records = generator.generate(args.image)
         image01 = transforms.load_image(args.image)

@@ -74,7 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Triton address host:port (default localhost:8001 for gRPC, localhost:8000 for HTTP)",
     )
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    parser.add_argument("--timeout", type=float, default=120.0, help="request timeout, seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="request timeout, seconds (default 120; 600 with --everything: one request does "
+        "the whole image)",
+    )
     parser.add_argument(
         "--multimask",
         choices=("auto", "on", "off"),
@@ -145,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         image01 = transforms.load_image(args.image)
-        with SAM2Client(args.url, args.protocol, timeout_s=args.timeout) as client:
+        with SAM2Client(args.url, args.protocol, timeout_s=args.timeout or 120.0) as client:
             embedding = client.encode(image01)
             predictions = client.decode(embedding, prompts, multimask_output=multimask)
     except SAM2TritonError as exc:
