@@ -291,3 +291,17 @@ def test_quick_bench_writes_report_and_json(exported_repo: Path, tmp_path: Path)
         line.split("(img/")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")
     ]
     assert images and all((out / "img" / name).is_file() for name in images)
+
+
+def test_a_new_bench_report_keeps_the_other_benchmarks_sections() -> None:
+    """``sam2-triton bench`` rewrites benchmarks.md; the sections written by everything_bench and
+    batch_bench (their own runs) are carried over as they are, its own sections are not."""
+    from sam2_triton_bench import report
+
+    old = (
+        "# Benchmarks\n\n## Encoder\nold numbers\n\n## Segment everything\nA\n### GPU\nB\n\n"
+        "## Batch pipeline\nC\n"
+    )
+    kept = report.other_sections(old)
+    assert "## Segment everything\nA\n### GPU\nB\n" in kept and "## Batch pipeline\nC\n" in kept
+    assert "old numbers" not in kept and report.other_sections("# x\n## Encoder\ny\n") == ""

@@ -221,7 +221,9 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = report.make_plots(results, out_dir / "img")
     (out_dir / JSON_NAME).write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (out_dir / MD_NAME).write_text(report.render(results, plots, JSON_NAME))
+    md = out_dir / MD_NAME
+    kept = report.other_sections(md.read_text()) if md.exists() else ""
+    md.write_text(report.render(results, plots, JSON_NAME) + kept)
     log(
         f"wrote {out_dir / MD_NAME}, {out_dir / JSON_NAME} and {len(plots)} plots in "
         f"{out_dir / 'img'} ({results['duration_s']:.0f} s)"

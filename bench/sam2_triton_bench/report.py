@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 GPU_COMMAND = (
@@ -378,6 +379,20 @@ def _why(target: dict, results: dict) -> str:
             "batch gives no GEMM efficiency on this CPU."
         )
     return ""
+
+
+#: sections of benchmarks.md written by other benchmarks (everything_bench, batch_bench): a new
+#: ``sam2-triton bench`` report keeps them as they are
+OTHER_SECTIONS = ("## Segment everything", "## Batch pipeline")
+
+
+def other_sections(markdown: str) -> str:
+    """The ``OTHER_SECTIONS`` of an existing report, each up to the next ``## `` heading."""
+    kept = []
+    for block in re.split(r"(?m)^(?=## )", markdown):
+        if block.startswith(OTHER_SECTIONS):
+            kept.append(block if block.endswith("\n") else block + "\n")
+    return ("\n" + "".join(kept)) if kept else ""
 
 
 def render(results: dict, plots: dict[str, str], json_name: str) -> str:
