@@ -19,6 +19,5 @@ $PIP install -q --no-build-isolation -e ./client -e ./server -e ".[dev]"
 $PIP check
 # checkov, the policy scanner of deploy/k8s (tests/test_kubernetes.py), in a venv of its own
 # inside this one: its pinned dependencies (packaging, importlib-metadata) conflict with ours.
-"$PYTHON" -m venv "$VENV/tools"
-"$VENV/tools/bin/python" -m pip install -q "checkov==3.3.30"
+"$PYTHON" scripts/tools_venv.py "$VENV/tools"
 echo "Installed into $VENV. Activate with: source $VENV/bin/activate"
