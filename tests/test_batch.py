@@ -23,6 +23,7 @@ import sam2_triton
 from sam2_triton_app import cli
 from sam2_triton_app.batch_inputs import Task
 from sam2_triton_app.batch_journal import Journal, JournalMismatchError, assemble
+from sam2_triton_bench.everything_bench import LOWERED
 from sam2_triton_export.verify import synthetic_image
 
 pytestmark = pytest.mark.triton
@@ -231,8 +232,7 @@ def test_a_server_that_is_down_is_skipped_and_none_up_stops_clearly(
 
 # --- segment everything: images without prompts -------------------------------------------------
 # random weights keep no mask at SAM 2's default thresholds (tests/test_everything.py)
-EVERYTHING = {"points_per_side": 4, "pred_iou_thresh": 0.45, "stability_score_thresh": 0.15,
-              "stability_score_offset": 0.05, "mask_threshold": 0.12, "box_nms_thresh": 0.95}  # fmt: skip
+EVERYTHING = {"points_per_side": 4, **LOWERED}
 
 
 def test_images_without_prompts_are_segmented_everything(triton_server, pictures, tmp_path):

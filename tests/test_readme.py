@@ -105,12 +105,12 @@ def test_segment_everything_with_curl(triton_server, tmp_path: Path) -> None:
     from PIL import Image
 
     from sam2_triton import SAM2AutomaticMaskGenerator
+    from sam2_triton_bench.everything_bench import LOWERED
 
     yy, xx = np.mgrid[0:240, 0:320]
     photo = np.stack([np.sin(xx / 20.0), np.cos(yy / 15.0), np.sin((xx + yy) / 25.0)], -1)
     Image.fromarray(((photo + 1) * 127.5).astype(np.uint8)).save(tmp_path / "photo.png")
-    options = {"points_per_side": 4, "pred_iou_thresh": 0.45, "stability_score_thresh": 0.15,
-               "stability_score_offset": 0.05, "mask_threshold": 0.12, "box_nms_thresh": 0.95}  # fmt: skip
+    options = {"points_per_side": 4, **LOWERED}
     escaped = json.dumps(options).replace('"', '\\"')
     result = json.loads(_run(BLOCKS[5], triton_server, cwd=tmp_path, OPTIONS=escaped))
     assert (result["width"], result["height"], result["output_mode"]) == (320, 240, "coco_rle")

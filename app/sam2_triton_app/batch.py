@@ -40,16 +40,6 @@ arguments or inputs; 3 stopped, servers not answering (rerun to resume); 130 int
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def _non_negative(kind: type) -> Any:
     def parse(text: str) -> Any:
         try:
@@ -83,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     parser.add_argument(
         "--max-in-flight",
-        type=_positive_int,
+        type=everything.positive_int,
         metavar="N",
         default=4,
         help="images being segmented at once, over all servers (default 4); bounds memory",
@@ -134,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-server-failures",
-        type=_positive_int,
+        type=everything.positive_int,
         metavar="N",
         default=8,
         help="stop after this many images in a row failed because no server answered "

@@ -33,7 +33,8 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -48,7 +49,7 @@ def add_generator_arguments(parser: argparse.ArgumentParser, title: str) -> None
     group = parser.add_argument_group(title)
     group.add_argument(
         "--points-per-side",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="grid of N x N clicks (default: SAM2AutomaticMaskGenerator's, 32)",

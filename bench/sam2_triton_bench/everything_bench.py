@@ -21,7 +21,7 @@ goes: Triton's own per-model statistics over the timed calls
 wrapping those methods.
 
 Random weights keep no mask at SAM 2's default thresholds, so both generators get the lowered
-ones of ``tests/test_everything.py`` (``LOWERED``); every other parameter is SAM 2's default.
+ones tests/test_everything.py also uses (``LOWERED``); every other parameter is SAM 2's default.
 Both return ``output_mode="coco_rle"`` (the matching needs RLE; no side decodes masks).
 """
 

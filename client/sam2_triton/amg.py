@@ -178,6 +178,23 @@ def _check_grids(grids: object) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+def graph_thresholds(opts: GeneratorOptions) -> np.ndarray:
+    """``amg_thresholds`` ``[5]`` float32 of ``sam2_amg_masks`` (``spec``): SAM 2's float64
+    values rounded as torch compares them with float32 tensors; SAM 2's ``if thresh > 0.0`` is
+    decided here (NaN: filter off)."""
+    nan = np.float32(np.nan)
+    return np.array(
+        [
+            np.float32(opts.pred_iou_thresh) if opts.pred_iou_thresh > 0.0 else nan,
+            np.float32(opts.stability_score_thresh) if opts.stability_score_thresh > 0.0 else nan,
+            np.float32(opts.mask_threshold),
+            np.float32(opts.mask_threshold + opts.stability_score_offset),
+            np.float32(opts.mask_threshold - opts.stability_score_offset),
+        ],
+        np.float32,
+    )
+
+
 # --- sam2.utils.amg ----------------------------------------------------------------------------
 def build_point_grid(n_per_side: int) -> np.ndarray:
     """``sam2.utils.amg.build_point_grid``: ``(n*n, 2)`` float64 points in (0, 1), x fastest."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam2_triton import spec
+from sam2_triton import amg, spec
 
 from .verify import ParityError
 
@@ -81,21 +81,6 @@ def reference(
     return {k: v.numpy() for k, v in data.items()}
 
 
-def thresholds(pred_iou: float, stab: float, mask: float, offset: float) -> np.ndarray:
-    """``amg_thresholds`` as the server builds them (``amg_engine.thresholds``)."""
-    nan = np.float32(np.nan)
-    return np.array(
-        [
-            np.float32(pred_iou) if pred_iou > 0.0 else nan,
-            np.float32(stab) if stab > 0.0 else nan,
-            np.float32(mask),
-            np.float32(mask + offset),
-            np.float32(mask - offset),
-        ],
-        np.float32,
-    )
-
-
 def verify(path: str | Path, seed: int = 0, n: int = 48) -> dict[str, float]:
     """Run every case; returns the measured numbers, raises ParityError if a gate fails."""
     import onnxruntime as ort
@@ -115,7 +100,14 @@ def verify(path: str | Path, seed: int = 0, n: int = 48) -> dict[str, float]:
                 spec.IOU_PREDICTIONS: iou,
                 spec.AMG_CROP_BOX: np.array(crop, np.int64),
                 spec.AMG_ORIG_HW: np.array(hw, np.int64),
-                spec.AMG_THRESHOLDS: thresholds(p_iou, p_stab, mt, off),
+                spec.AMG_THRESHOLDS: amg.graph_thresholds(
+                    amg.GeneratorOptions(
+                        pred_iou_thresh=p_iou,
+                        stability_score_thresh=p_stab,
+                        mask_threshold=mt,
+                        stability_score_offset=off,
+                    )
+                ),
             },
         )
         ref = reference(low, iou, crop, hw, p_iou, p_stab, mt, off)

@@ -33,6 +33,31 @@ def _dynamic_axes(
     return axes
 
 
+def torch_export(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    axes: dict[str, dict[int, str]],
+) -> None:
+    """``torch.onnx.export`` as every model of this project is exported: the classic (tracing)
+    exporter, opset ``OPSET``, constant folding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python values are expected
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
 def _export(
     module: torch.nn.Module,
     args: tuple[torch.Tensor, ...],
@@ -41,19 +66,7 @@ def _export(
     outputs: tuple[spec.TensorSpec, ...],
     axes: dict[str, dict[int, str]],
 ) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python values are expected
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=_names(inputs),
-            output_names=_names(outputs),
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    torch_export(module, args, path, _names(inputs), _names(outputs), axes)
     _annotate_outputs(path, outputs, axes)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from sam2_triton import spec
 
 from . import install
 from .errors import ParityError
-from .onnx_export import OPSET, check_onnx
+from .onnx_export import OPSET, check_onnx, torch_export
 from .video_modules import MemoryAttention, MemoryEncoder, VideoImageEncoder, VideoMaskDecoder
 
 logger = logging.getLogger(__name__)
@@ -158,19 +157,7 @@ def memory_encoder_example(b: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...
 
 def _export(module, args, path: Path, name: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python values are expected
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=INPUTS[name],
-            output_names=OUTPUTS[name],
-            dynamic_axes=AXES[name],
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    torch_export(module, args, path, INPUTS[name], OUTPUTS[name], AXES[name])
     check_onnx(path)
 
 

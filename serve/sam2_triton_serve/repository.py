@@ -234,20 +234,39 @@ def _shape_str(shapes: dict[str, tuple[int, ...]]) -> str:
     return ",".join(f"{name}:{'x'.join(str(d) for d in dims)}" for name, dims in shapes.items())
 
 
-def encoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> mc.ModelConfig:
-    """The ``sam2_encoder`` config: batched (max_batch_size > 0), dynamic batching, cache."""
+def _onnx_model(
+    name: str,
+    flavour: str,
+    max_batch_size: int,
+    inputs: Iterable[spec.TensorSpec],
+    outputs: Iterable[spec.TensorSpec],
+) -> mc.ModelConfig:
+    """What every exported ONNX model's config shares: ONNX Runtime on the GPU flavour, the
+    python-backend onnxruntime runner (``onnx_model``) on the CPU flavour, one instance."""
     _check_flavour(flavour)
     gpu = flavour == "gpu"
-    cfg = mc.ModelConfig(
-        name=spec.ENCODER_MODEL,
-        max_batch_size=opts.max_batch_size if gpu else opts.cpu_max_batch_size,
-    )
+    cfg = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
     cfg.backend = "onnxruntime" if gpu else "python"
     if gpu:
         cfg.default_model_filename = MODEL_FILENAME
-    _io(cfg, spec.encoder_inputs(opts.image_dtype), spec.encoder_outputs(opts.feature_dtype), True)
+    else:
+        _python_params(cfg)
+    _io(cfg, inputs, outputs, max_batch_size > 0)
     cfg.instance_group.add(
         kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU, count=1
+    )
+    return cfg
+
+
+def encoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> mc.ModelConfig:
+    """The ``sam2_encoder`` config: batched (max_batch_size > 0), dynamic batching, cache."""
+    gpu = flavour == "gpu"
+    cfg = _onnx_model(
+        spec.ENCODER_MODEL,
+        flavour,
+        opts.max_batch_size if gpu else opts.cpu_max_batch_size,
+        spec.encoder_inputs(opts.image_dtype),
+        spec.encoder_outputs(opts.feature_dtype),
     )
     db = cfg.dynamic_batching
     db.max_queue_delay_microseconds = opts.queue_delay_us
@@ -275,8 +294,6 @@ def encoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
         warm.inputs[spec.ENCODER_IMAGE].data_type = _DTYPES[opts.image_dtype]
         warm.inputs[spec.ENCODER_IMAGE].dims.extend([3, spec.IMAGE_SIZE, spec.IMAGE_SIZE])
         warm.inputs[spec.ENCODER_IMAGE].random_data = True
-    else:
-        _python_params(cfg)
     return cfg
 
 
@@ -289,15 +306,13 @@ def decoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
     prompts of the *same* image is what N already does, without copying the features again.
     The client therefore sends all prompts of one image (same point count) in one request.
     """
-    _check_flavour(flavour)
     gpu = flavour == "gpu"
-    cfg = mc.ModelConfig(name=spec.DECODER_MODEL, max_batch_size=0)
-    cfg.backend = "onnxruntime" if gpu else "python"
-    if gpu:
-        cfg.default_model_filename = MODEL_FILENAME
-    _io(cfg, spec.decoder_inputs(opts.feature_dtype), spec.decoder_outputs(), False)
-    cfg.instance_group.add(
-        kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU, count=1
+    cfg = _onnx_model(
+        spec.DECODER_MODEL,
+        flavour,
+        0,
+        spec.decoder_inputs(opts.feature_dtype),
+        spec.decoder_outputs(),
     )
     if gpu:
         feats = {n: (1, *spec.FEATURE_SHAPES[n]) for n in spec.FEATURE_NAMES}
@@ -333,8 +348,6 @@ def decoder_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
                 warm.inputs[t.name].random_data = True
             else:
                 warm.inputs[t.name].zero_data = True
-    else:
-        _python_params(cfg)
     return cfg
 
 
@@ -423,19 +436,9 @@ def amg_masks_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()
     thresholds must see SAM 2's exact FP32 logits). max_batch_size 0: one batch of one crop per
     request, its shapes vary with the crop.
     """
-    _check_flavour(flavour)
-    gpu = flavour == "gpu"
-    cfg = mc.ModelConfig(name=spec.AMG_MASKS_MODEL, max_batch_size=0)
-    cfg.backend = "onnxruntime" if gpu else "python"
-    if gpu:
-        cfg.default_model_filename = MODEL_FILENAME
-    _io(cfg, spec.amg_masks_inputs(), spec.amg_masks_outputs(), False)
-    cfg.instance_group.add(
-        kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU, count=1
+    return _onnx_model(
+        spec.AMG_MASKS_MODEL, flavour, 0, spec.amg_masks_inputs(), spec.amg_masks_outputs()
     )
-    if not gpu:
-        _python_params(cfg)
-    return cfg
 
 
 def everything_config(

@@ -77,22 +77,6 @@ class MaskData:
 _ARRAYS = tuple(f.name for f in fields(MaskData) if f.name != "rles")
 
 
-def thresholds(opts: GeneratorOptions) -> np.ndarray:
-    """``amg_thresholds`` ``[5]`` float32: SAM 2's float64 values rounded as torch compares them
-    with float32 tensors; SAM 2's ``if thresh > 0.0`` is decided here (NaN: filter off)."""
-    nan = np.float32(np.nan)
-    return np.array(
-        [
-            np.float32(opts.pred_iou_thresh) if opts.pred_iou_thresh > 0.0 else nan,
-            np.float32(opts.stability_score_thresh) if opts.stability_score_thresh > 0.0 else nan,
-            np.float32(opts.mask_threshold),
-            np.float32(opts.mask_threshold + opts.stability_score_offset),
-            np.float32(opts.mask_threshold - opts.stability_score_offset),
-        ],
-        np.float32,
-    )
-
-
 def generate(
     backend: AMGBackend,
     opts: GeneratorOptions,
@@ -108,7 +92,7 @@ def generate(
     if image01 is None and len(crop_boxes) > 1:
         raise ValueError("crops need the image's pixels, not only its features")
     grids = opts.grids()
-    th = thresholds(opts)
+    th = amg.graph_thresholds(opts)
     parts = []
     for crop_box, layer in zip(crop_boxes, layers):
         x0, y0, x1, y1 = crop_box
