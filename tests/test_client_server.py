@@ -49,7 +49,7 @@ from sam2_triton.transforms import MAX_IMAGE_PIXELS
 from sam2_triton_export.verify import synthetic_image
 
 from .conftest import export_args
-from .triton_helpers import metric, metrics_text
+from .triton_helpers import Requests, metrics_text
 
 pytestmark = pytest.mark.triton
 
@@ -92,48 +92,6 @@ def url(server, protocol: str) -> str:
 
 
 # --- what Triton saw -----------------------------------------------------------------------------
-def model_stats(server) -> dict[str, dict[str, int]]:
-    """Per model: requests that reached it (``requests`` = succeeded + failed, cache hits
-    included), ``inferences`` (batch items executed) and ``executions`` (model runs)."""
-    with tritonclient.grpc.InferenceServerClient(server.grpc_url) as triton:
-        stats = triton.get_inference_statistics(as_json=True)["model_stats"]
-    out = {}
-    for s in stats:
-        inf = s.get("inference_stats", {})
-        out[s["name"]] = {
-            "requests": sum(int(inf.get(k, {}).get("count", 0)) for k in ("success", "fail")),
-            "inferences": int(s.get("inference_count", 0)),
-            "executions": int(s.get("execution_count", 0)),
-        }
-    return out
-
-
-class Requests:
-    """Counts what reaches Triton from construction on: ``delta(model, key)``."""
-
-    def __init__(self, server) -> None:
-        self.server = server
-        self.before = model_stats(server)
-
-    def delta(self, model: str, key: str = "requests") -> int:
-        return model_stats(self.server)[model][key] - self.before[model][key]
-
-    def settled(
-        self, model: str, key: str = "requests", expect: int | None = None, timeout: float = 10
-    ) -> int:
-        """``delta`` once it stops changing (statistics are reported just after the response),
-        waiting up to ``timeout`` seconds for it to reach ``expect``."""
-        deadline = time.monotonic() + timeout
-        last = self.delta(model, key)
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-            now = self.delta(model, key)
-            if now == last and (expect is None or now == expect):
-                return now
-            last = now
-        return last
-
-
 def metrics(server) -> str:
     return metrics_text(server.metrics_url)
 
@@ -317,28 +275,14 @@ def test_async_encode_decode(triton_server, ref, protocol):
 # --- the encoder: batches, Triton's dynamic batching, the client's LRU cache -------------------
 def test_concurrent_encodes_are_batched_and_encode_batch_is_one_request(triton_server):
     images = [picture(21, 60, 80), picture(22, 80, 60), picture(23, 50, 50)]  # not in any cache
-    before = metrics(triton_server)
+    requests = Requests(triton_server)
     with sync_client(triton_server.grpc_url) as c, ThreadPoolExecutor(3) as pool:
         singles = list(pool.map(c.encode, images))
-    count = exec_count = 0.0
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # metrics follow the responses by a moment
-        after = metrics(triton_server)
-        count = metric(after, "nv_inference_count", model=ENC) - metric(
-            before, "nv_inference_count", model=ENC
-        )
-        exec_count = metric(after, "nv_inference_exec_count", model=ENC) - metric(
-            before, "nv_inference_exec_count", model=ENC
-        )
-        if count == 3:
-            break
-        time.sleep(0.1)
+    count = requests.settled(ENC, "inferences", expect=3)  # statistics follow the responses
+    exec_count = requests.settled(ENC, "executions")
     assert count == 3
     assert exec_count < count, f"3 concurrent encodes ran in {exec_count} executions"
-    success = metric(after, "nv_inference_request_success", model=ENC) - metric(
-        before, "nv_inference_request_success", model=ENC
-    )
-    assert success == 3
+    assert requests.delta(ENC) == 3
 
     seen = Requests(triton_server)
     with sync_client(triton_server.http_url, "http") as c:  # a fresh client: empty LRU cache

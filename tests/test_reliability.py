@@ -53,7 +53,7 @@ from sam2_triton_export import install
 from sam2_triton_serve import repository
 from sam2_triton_serve.launcher import LocalTritonServer
 
-from .triton_helpers import metric, metrics_text
+from .triton_helpers import Requests, metric, metrics_text
 
 pytestmark = pytest.mark.triton
 
@@ -217,6 +217,7 @@ def _wait_for_queued_encoder_request(server: LocalTritonServer, timeout: float =
 def test_full_queue_is_server_busy_and_retries_get_through(busy_server, caplog) -> None:
     image = _image(1)
     results: dict[str, str] = {}
+    requests = Requests(busy_server)
 
     def encode(name: str) -> None:
         with SAM2Client(
@@ -268,6 +269,7 @@ def test_full_queue_is_server_busy_and_retries_get_through(busy_server, caplog) 
     assert results == {"running": retried, "queued": retried}
     # the server ran each of the three exactly once (Triton 2.51 does not count queue-full
     # rejections in nv_inference_request_failure: they never reach the model)
+    requests.settled("sam2_encoder", expect=3)  # statistics follow the responses
     text = metrics_text(busy_server.metrics_url)
     assert metric(text, "nv_inference_request_success", model="sam2_encoder") == 3, [
         line for line in text.splitlines() if "sam2_encoder" in line and "request_" in line

@@ -52,7 +52,7 @@ from sam2_triton_server.segment import image_bytes, parse_prompts, wire_prompts
 from sam2_triton_server.session_wire import check_image_id, check_inputs
 from sam2_triton_server.store import Entry, FeatureStore
 
-from .triton_helpers import metric, metrics_text
+from .triton_helpers import Requests, metric, metrics_text
 
 T = 600.0  # client timeout: CPU encodes on a busy 2-core machine can take a minute
 FEATURE_BYTES = sum(int(np.prod(s)) * 4 for s in spec.FEATURE_SHAPES.values())  # 16.8 MB
@@ -549,11 +549,13 @@ def test_session_requests_carry_the_routing_header(triton_server) -> None:
 def test_concurrent_first_requests_run_the_encoder_once(triton_server) -> None:
     wire, hw = _wire_image(77)
     before = metrics_text(triton_server.metrics_url)
+    requests = Requests(triton_server)
     arrays = {"op": _op("encode"), "image": wire[None], "orig_hw": np.array([hw], np.int32)}
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: _session_infer(triton_server, arrays), range(8)))
     ids = {r.as_numpy("image_id")[0] for r in results}
     assert ids == {image_id(wire, hw).encode()}
+    requests.settled(spec.SESSION_MODEL, expect=8)  # statistics follow the responses
     after = metrics_text(triton_server.metrics_url)
 
     def delta(name: str, **labels: str) -> float:

@@ -23,7 +23,7 @@ from sam2_triton import spec
 from sam2_triton_export import verify
 from sam2_triton_serve import repository
 
-from .triton_helpers import metric, metrics_text
+from .triton_helpers import Requests, metric, metrics_text
 
 pytestmark = pytest.mark.triton
 CLI = [sys.executable, "-m", "sam2_triton_app.cli"]
@@ -141,8 +141,10 @@ def test_metrics_count_requests_and_cache_hits(triton_server) -> None:
     before = metrics_text(triton_server.metrics_url)
     module, client = _client(triton_server, "grpc")
     image = verify.model_input(verify.synthetic_image(200, 300, seed=11), "float32")
+    requests = Requests(triton_server)
     for _ in range(2):  # the second one is answered by the response cache
         _infer(module, client, spec.ENCODER_MODEL, {spec.ENCODER_IMAGE: image}, [spec.FINGERPRINT])
+    requests.settled(spec.ENCODER_MODEL, expect=2)  # statistics follow the responses
     after = metrics_text(triton_server.metrics_url)
     enc = {"model": spec.ENCODER_MODEL}
     assert (
@@ -171,17 +173,18 @@ def test_metrics_exposition_parses_with_promtool(triton_server) -> None:
 
 
 def test_concurrent_encoder_requests_are_batched(triton_server) -> None:
-    enc = {"model": spec.ENCODER_MODEL}
-    before = metrics_text(triton_server.metrics_url)
+    requests = Requests(triton_server)
     images = [
         verify.model_input(verify.synthetic_image(120, 160, seed=100 + i), "float32")
         for i in range(4)
     ]
     errors: list[BaseException] = []
+    start = threading.Barrier(len(images))
 
     def send(img: np.ndarray) -> None:
         try:
             module, client = _client(triton_server, "grpc")
+            start.wait()
             _infer(
                 module, client, spec.ENCODER_MODEL, {spec.ENCODER_IMAGE: img}, [spec.FINGERPRINT]
             )
@@ -194,13 +197,9 @@ def test_concurrent_encoder_requests_are_batched(triton_server) -> None:
     for t in threads:
         t.join()
     assert not errors
-    after = metrics_text(triton_server.metrics_url)
-    inferences = metric(after, "nv_inference_count", **enc) - metric(
-        before, "nv_inference_count", **enc
-    )
-    executions = metric(after, "nv_inference_exec_count", **enc) - metric(
-        before, "nv_inference_exec_count", **enc
-    )
+    # Triton reports statistics just after it sends the responses: wait for all four
+    inferences = requests.settled(spec.ENCODER_MODEL, "inferences", expect=4)
+    executions = requests.settled(spec.ENCODER_MODEL, "executions")
     assert inferences == 4 and executions < inferences
 
 
