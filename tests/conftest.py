@@ -71,3 +71,37 @@ def triton_server(exported_repo: Path):
 
     with LocalTritonServer(exported_repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         yield server
+
+
+# --- video (sam2-triton export --video) ---------------------------------------------------------
+# The smaller video verification set (--video-quick-verify: memory lengths 1 and 7 with
+# onnxruntime, one SAM 2 scenario with M=4) keeps this export near 3-4 minutes on 2 cores.
+VIDEO_EXPORT_ARGS = (
+    "--variant",
+    "tiny",
+    "--random-weights",
+    "--seed",
+    str(SEED),
+    "--video",
+    "--video-quick-verify",
+)
+
+
+@pytest.fixture(scope="session")
+def video_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository exported once with ``--video`` (tiny, random weights, seed 0): the image
+    models, the five video graphs, ``sam2_video``, ``video_export.json``; read-only use."""
+    from sam2_triton_export import main
+
+    out = tmp_path_factory.mktemp("video_export") / "model_repository"
+    main.export(export_args(*VIDEO_EXPORT_ARGS, "--output", str(out)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def video_triton_server(video_repo: Path):
+    """The real local tritonserver (CPU flavour) on free ports, serving ``video_repo``."""
+    from sam2_triton_serve.launcher import LocalTritonServer
+
+    with LocalTritonServer(video_repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+        yield server

@@ -305,3 +305,101 @@ def test_a_new_bench_report_keeps_the_other_benchmarks_sections() -> None:
     kept = report.other_sections(old)
     assert "## Segment everything\nA\n### GPU\nB\n" in kept and "## Batch pipeline\nC\n" in kept
     assert "old numbers" not in kept and report.other_sections("# x\n## Encoder\ny\n") == ""
+
+
+def test_the_video_section_is_replaced_in_place_and_kept_by_a_new_bench_report() -> None:
+    """video_bench --markdown replaces its "## Video" section where it is (keeping a hand-written
+    "### Analysis"), appends it when there is none; ``sam2-triton bench`` carries it over."""
+    old = (
+        "# B\n\n## Encoder\nx\n\n## Video\nold table\n### Analysis\nmine\n\n## Batch pipeline\nC\n"
+    )
+    new = report.replace_section(
+        old, "## Video", "## Video\nnew table\n### GPU\ng\n", keep=("### Analysis",)
+    )
+    assert (
+        "old table" not in new and "## Video\nnew table\n### GPU\ng\n\n### Analysis\nmine\n" in new
+    )
+    assert new.index("## Video") < new.index("## Batch pipeline") and "## Encoder\nx\n\n" in new
+    assert report.replace_section("# B\n", "## Video", "## Video\nt\n") == "# B\n\n## Video\nt\n"
+    assert "## Video\nold table\n" in report.other_sections(old)
+
+
+def test_video_bench_clip_clicks_exactness_and_report(tmp_path: Path) -> None:
+    """The benchmark's clip, clicks and mask comparison, and its tables from a made-up result
+    (no server, no SAM 2, no timings)."""
+    import numpy as np
+    from PIL import Image
+
+    from sam2_triton_bench import video_bench as vb
+
+    clip = vb.write_clip(tmp_path / "clip", 3, 48, 64)
+    assert sorted(p.name for p in clip.iterdir()) == ["00000.jpg", "00001.jpg", "00002.jpg"]
+    first = np.asarray(Image.open(clip / "00000.jpg"))
+    for (_, [[x, y]]), color in zip(vb.clicks(48, 64), (0, 1)):
+        assert first[int(y), int(x)].argmax() == color  # the click is on its (red, green) block
+    a = [np.full((2, 1, 4, 4), -1.0, np.float32), np.ones((2, 1, 4, 4), np.float32)]
+    b = [a[0].copy(), a[1] + 0.5]
+    b[1][1, 0, 0, 0] = -1.0  # one pixel of one object flips
+    e = vb.compare_masks(a, b)
+    assert e["max_logit_diff"] == pytest.approx(2.0) and e["min_iou"] == pytest.approx(15 / 16)
+
+    def phase(held: float) -> dict:
+        return {"held": held, "rss": 2e9, "pss": 1.5e9}
+
+    fps = {"sam2": [0.1, 0.12], "triton grpc": [0.11, 0.13], "triton http": [0.1, 0.12]}
+    result = {
+        "variants": list(fps),
+        "summary": {v: summarize(x) for v, x in fps.items()},
+        "setup_s": {v: summarize([10.0, 12.0]) for v in fps},
+        "paired_ratio": {"grpc": 1.1, "http": 1.0},
+        "exactness": {"triton grpc": e, "triton http": e},
+        "clip": {"frames": 4, "height": 48, "width": 64, "objects": 2},
+        "one_object": {
+            "sam2": {
+                "frames": 4,
+                "propagate_s": 20.0,
+                "memory": {
+                    "init": {"state_bytes": 9e7, "images_bytes": 5e7},
+                    "propagate": {"state_bytes": 9.3e7},
+                },
+            },
+            "triton grpc": {
+                "frames": 4,
+                "propagate_s": 18.0,
+                "memory": {"init": phase(12e6), "propagate": phase(98e6), "closed": phase(0)},
+            },
+        },
+        "two_objects_memory": {
+            "sam2": {"init": {"state_bytes": 9e7}, "propagate": {"state_bytes": 9.6e7}},
+            "triton grpc": {"init": phase(12e6), "propagate": phase(101e6)},
+        },
+        "memory": {"idle": phase(0), "after_warm_up": phase(0)},
+        "wire": {
+            p: {k: {"request": 100, "response": 1000} for k in ("init", "clicks", "propagate")}
+            | {"objects": 2, "propagated_frames": 2}
+            for p in ("grpc", "http")
+        },
+        "tensor_bytes": vb.tensor_bytes(2),
+        "breakdown": {
+            "sam2": vb.sam2_breakdown({n: 1.0 for _, n in vb.SAM2_PARTS}, 3, 5.0),
+            "triton": vb.triton_breakdown(
+                {
+                    m: {
+                        "count": 3,
+                        "success_ns": 10**9,
+                        "compute_infer_ns": 9 * 10**8,
+                        "queue_ns": 0,
+                        "executions": 3,
+                    }
+                    for m in vb.SERVER_MODELS
+                },
+                3,
+                6.0,
+            ),
+        },
+    }
+    md = vb.report(result)
+    assert "| Triton, gRPC | 2 | 0.120 | 0.110–0.130 | **1.09×** | 1.10× | 11.00 s |" in md
+    assert "| grpc | 275 B (25 B ↑ + 250 B ↓) |" in md  # 4 frames uploaded
+    assert "per object and frame: 750.0 kB of memory bank" in md  # (101 - 98) MB / 4 frames
+    assert "| **SAM 2: total** | **1667** |" in md and "Triton (gRPC + HTTP): total" in md

@@ -105,7 +105,7 @@ def test_sdk_imports_with_every_other_package_and_torch_blocked() -> None:
     assert int(proc.stdout.split()[0]) >= 10  # every module of the SDK was imported
 
 
-def test_sdk_distribution_declares_only_numpy_pillow_tritonclient_pycocotools() -> None:
+def test_sdk_distribution_declares_only_numpy_pillow_tritonclient_pycocotools_and_av() -> None:
     import tomllib
 
     project = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
@@ -113,4 +113,7 @@ def test_sdk_distribution_declares_only_numpy_pillow_tritonclient_pycocotools() 
         d.split("[")[0].split(">")[0].split("=")[0].strip() for d in project["dependencies"]
     )
     assert names == ["numpy", "pillow", "pycocotools", "tritonclient"]
-    assert "optional-dependencies" not in project
+    # video files need PyAV, an opt-in extra (JPEG folders and arrays need nothing more)
+    extras = project.get("optional-dependencies", {})
+    assert set(extras) == {"video"}
+    assert [d.split(">")[0] for d in extras["video"]] == ["av"]

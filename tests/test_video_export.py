@@ -1,12 +1,17 @@
-"""Video modules: export the four graphs of the tiny model (seed 0) and verify them one by one.
+"""Video modules: the five graphs of the tiny model (seed 0) exported and verified one by one.
 
-One export (session fixture) is checked against PyTorch and SAM 2; cheaper tests prove that the
-checks catch wrong modules (a RoPE sign error, a wrong temporal index, a wrong pointer token).
+The graphs come from the session's one ``sam2-triton export --video`` (``video_repo`` in
+conftest.py, the smaller ``--video-quick-verify`` case set); its report is checked here. Cheaper
+tests prove that the checks catch wrong modules (a RoPE sign error, a wrong temporal index, a
+wrong pointer token), that both no-object branches of the decoder match (a decoder-only export of
+weights whose object scores straddle 0), and that the mask-prompt graph gives SAM 2's
+``_use_mask_as_output`` pointer.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -14,16 +19,18 @@ import numpy as np
 import pytest
 import torch
 
+from sam2_triton import video_spec
+from sam2_triton.video_transforms import round_to_bfloat16
 from sam2_triton_export import video_export as ve
 from sam2_triton_export import video_modules as vm
 from sam2_triton_export import video_verify as vv
 
 SEED = 0
-# Fewer onnxruntime cases than the CLI default keep the test near 2 minutes on 2 cores:
-# memory lengths 1 (with no pointers, batch 2), 7 (16 pointers) and, compared with SAM 2's own
-# _prepare_memory_conditioned_features, 4 (two conditioning frames, reverse tracking).
-MEMORY_CASES = ((1, 0), (7, 16))
-SAM_SCENARIOS = ve.SAM_SCENARIOS[1:]
+# The case set of the session's export (--video-quick-verify): memory lengths 1 (no pointers,
+# batch 2), 7 (16 pointers) and, compared with SAM 2's own _prepare_memory_conditioned_features,
+# 4 (two conditioning frames, reverse tracking).
+MEMORY_CASES = ve.QUICK_MEMORY_CASES
+SAM_SCENARIOS = ve.QUICK_SAM_SCENARIOS
 
 
 def _split_object_scores(model) -> None:
@@ -44,7 +51,16 @@ def _split_object_scores(model) -> None:
 
 
 @pytest.fixture(scope="module")
+def plain_model():
+    """The weights the session's export used (tiny, seed 0)."""
+    from sam2_triton_export import checkpoints
+
+    return checkpoints.build_model("tiny", seed=SEED)
+
+
+@pytest.fixture(scope="module")
 def model():
+    """Seed-0 weights with the object-score bias split (both no-object branches exercised)."""
     from sam2_triton_export import checkpoints
 
     m = checkpoints.build_model("tiny", seed=SEED)
@@ -53,23 +69,15 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def exported(model, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("video") / "model_repository"
-    report = ve.export_video_modules(
-        model, out, memory_cases=MEMORY_CASES, sam_scenarios=SAM_SCENARIOS
-    )
-    return out, report
+def exported(video_repo: Path) -> tuple[Path, dict]:
+    return video_repo, json.loads((video_repo / ve.REPORT_FILE).read_text())
 
 
 def test_export_passes_module_by_module(exported):
     out, report = exported
     assert report["passed"], report["failures"]
-    assert set(report["onnx_vs_torch"]) == {
-        ve.IMAGE_ENCODER,
-        ve.MEMORY_ATTENTION,
-        ve.MASK_DECODER,
-        ve.MEMORY_ENCODER,
-    }
+    assert set(report["onnx_vs_torch"]) == set(video_spec.VIDEO_GRAPHS)
+    assert report["memory_cases"] == [list(c) for c in MEMORY_CASES]
     for kind in ("onnx_vs_torch", "vs_sam2"):
         for name, diffs in report[kind].items():
             assert diffs, (kind, name)
@@ -82,33 +90,91 @@ def test_export_passes_module_by_module(exported):
     # the constant positional encodings baked into memory attention are SAM 2's exactly
     assert report["vs_sam2"][ve.IMAGE_ENCODER]["vision_pos_enc_vs_baked"] == 0.0
     assert report["vs_sam2"][ve.MEMORY_ENCODER]["maskmem_pos_enc_vs_baked"] == 0.0
-    # both branches of the no-object handling were exercised
-    present = sum(report["objects_present"].values())
-    assert 0 < present < 2 * len(vv.DECODER_CASES), report["objects_present"]
+    # the mask prompt graph: SAM 2's own conv and constant
+    assert report["vs_sam2"][ve.MASK_PROMPT] == {"mask_downsampled": 0.0, "no_obj_ptr": 0.0}
+    assert report["onnx_vs_torch"][ve.MASK_PROMPT]["no_obj_ptr"] == 0.0
+
+
+def test_decoder_no_object_branches_match(model, tmp_path):
+    """Both branches of the no-object handling (masks -1024, pointer no_obj_ptr), ONNX vs the
+    wrapper vs SAM 2: a decoder-only export of weights whose object scores straddle 0."""
+    module = vm.VideoMaskDecoder(model).eval()
+    path = tmp_path / ve.MODEL_FILE
+    with torch.no_grad():
+        ve._export(module, ve.export_example(model, ve.MASK_DECODER), path, ve.MASK_DECODER)
+    onnx_vs_torch, vs_sam2, present = vv.mask_decoder_vs_sam2(model, module, vv._session(path))
+    assert 0 < sum(present.values()) < 2 * len(vv.DECODER_CASES), present
+    for diffs in (onnx_vs_torch, vs_sam2):
+        assert diffs and max(diffs.values()) <= ve.TOLERANCE, diffs
 
 
 def test_installed_layout_and_contract(exported):
     import onnx
 
+    from sam2_triton_serve import repository
+
     out, report = exported
     assert (out / ve.REPORT_FILE).is_file()
     assert not list(out.parent.glob(f".{out.name}.staging-*"))
-    dims = {}
-    for name in (ve.IMAGE_ENCODER, ve.MEMORY_ATTENTION, ve.MASK_DECODER, ve.MEMORY_ENCODER):
+    dims, dtypes = {}, {}
+    for name in video_spec.VIDEO_GRAPHS:
         path = out / name / "1" / ve.MODEL_FILE
         assert path.is_file()
         graph = onnx.load(str(path), load_external_data=False).graph
         assert [i.name for i in graph.input] == ve.INPUTS[name]
         assert [o.name for o in graph.output] == ve.OUTPUTS[name]
-        for v in graph.input:
-            dims[(name, v.name)] = [
-                d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim
-            ]
+        assert ve.INPUTS[name] == [t.name for t in repository.video_graph_inputs(name)]
+        for v in (*graph.input, *graph.output):
+            t = v.type.tensor_type
+            dims[(name, v.name)] = [d.dim_param or d.dim_value for d in t.shape.dim]
+            dtypes[(name, v.name)] = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
     assert dims[(ve.MEMORY_ATTENTION, "maskmem_features")] == ["batch", "num_memories", 64, 64, 64]
     assert dims[(ve.MEMORY_ATTENTION, "obj_ptrs")] == ["batch", "num_obj_ptrs", 256]
     assert dims[(ve.MEMORY_ATTENTION, "maskmem_tpos")] == ["num_memories"]
     assert dims[(ve.MASK_DECODER, "point_coords")] == ["batch", "num_points", 2]
     assert dims[(ve.MEMORY_ENCODER, "pred_masks")] == ["batch", 1, 256, 256]
+    assert dims[(ve.MASK_PROMPT, video_spec.MASK_1024)] == ["batch", 1, 1024, 1024]
+    assert dims[(ve.MASK_PROMPT, video_spec.MASK_DOWNSAMPLED)] == ["batch", 1, 256, 256]
+    assert dims[(ve.MASK_PROMPT, video_spec.NO_OBJ_PTR)] == [256]
+    # frames travel as uint8 RGB (video_spec.IMAGE)
+    assert dtypes[(ve.IMAGE_ENCODER, video_spec.IMAGE)] == "uint8"
+    assert report["image_dtype"] == "uint8"
+
+
+def test_mask_prompt_gives_sam2_mask_pointer(video_repo: Path, plain_model):
+    """add_new_mask through the exported graphs: mask prompt -> mask decoder (vision_feat, no
+    clicks, mask_input = mask_downsampled, single mask), then the server's mix with no_obj_ptr
+    for an empty mask == SAM 2's ``_use_mask_as_output`` pointer (the second mask is empty)."""
+    model = plain_model
+    (mask,) = ve.mask_prompt_example(b=2, seed=7)
+    g = torch.Generator().manual_seed(8)
+    vision = torch.randn(2, 256, 64, 64, generator=g)
+    h0, h1 = torch.randn(2, 32, 256, 256, generator=g), torch.randn(2, 64, 128, 128, generator=g)
+    with torch.no_grad():
+        ref = model._use_mask_as_output(vision, [h0, h1], mask)[5].numpy()
+    prompt = vv._session(video_repo / ve.MASK_PROMPT / "1" / ve.MODEL_FILE)
+    down, no_obj_ptr = prompt.run(None, {video_spec.MASK_1024: mask.numpy()})
+    decoder = vv._session(video_repo / ve.MASK_DECODER / "1" / ve.MODEL_FILE)
+    feeds = dict(
+        zip(
+            ve.INPUTS[ve.MASK_DECODER],
+            [
+                vision.numpy(),
+                h0.numpy(),
+                h1.numpy(),
+                np.zeros((2, 1, 2), np.float32),  # no clicks: SAM 2's (0, 0) labelled -1
+                -np.ones((2, 1), np.int32),
+                down,
+                np.ones(2, np.float32),
+                np.zeros(2, np.float32),
+            ],
+        )
+    )
+    _, obj_ptr, _ = decoder.run(None, feeds)
+    present = mask.flatten(1).amax(1).numpy()[:, None] > 0
+    ptr = np.where(present, obj_ptr, no_obj_ptr[None])  # fixed_no_obj_ptr: lam * ptr + (1-lam) * no
+    assert present.ravel().tolist() == [True, False]
+    assert np.max(np.abs(ptr - ref)) <= ve.TOLERANCE
 
 
 def test_rope_rewrite_is_exact_and_check_catches_sign_error(model):
@@ -164,4 +230,4 @@ def test_round_to_bfloat16_matches_torch():
     x = torch.randn(10000) * 10
     x[:4] = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8), 0.0])  # ties
     ref = x.to(torch.bfloat16).float().numpy()
-    assert np.array_equal(vv.round_to_bfloat16(x.numpy()), ref)
+    assert np.array_equal(round_to_bfloat16(x.numpy()), ref)

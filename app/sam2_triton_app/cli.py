@@ -1,5 +1,5 @@
-"""sam2-triton: one command line for the whole pipeline (export, serve, segment, batch, demo,
-verify, bench, loadtest)."""
+"""sam2-triton: one command line for the whole pipeline (export, serve, segment, batch, track,
+demo, verify, bench, loadtest)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ SUBCOMMANDS = {
         "run",
         "segment many images (folder, glob, COCO or JSON Lines prompts) into COCO RLE results; "
         "resumable, several servers",
+    ),
+    "track": (
+        "sam2_triton_app.track",
+        "add_arguments",
+        "run",
+        "track objects through a video (clicks/boxes on some frames) into per-frame masks "
+        "and an overlay video",
     ),
     "demo": (
         "sam2_triton_app.demo",

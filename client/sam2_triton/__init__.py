@@ -6,8 +6,8 @@
         emb = client.encode("photo.jpg")
         pred = client.decode(emb, Prompt(point_coords=[[500, 375]], point_labels=[1]))
 
-``AsyncSAM2Client`` is the asyncio twin; ``SAM2ImagePredictor`` and ``SAM2AutomaticMaskGenerator``
-mirror SAM 2's predictor and automatic mask generator.
+``AsyncSAM2Client`` is the asyncio twin; ``SAM2ImagePredictor``, ``SAM2AutomaticMaskGenerator``
+and ``SAM2VideoPredictor`` mirror SAM 2's predictors and automatic mask generator.
 The clients (and tritonclient) are imported on first use, so ``import sam2_triton`` is cheap.
 """
 
@@ -31,6 +31,7 @@ from .errors import (
     ServerError,
     ServerUnavailableError,
     UnknownImageError,
+    UnknownVideoError,
     UsageError,
 )
 from .types import (
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from .client import SAM2Client
     from .generator import AsyncSAM2AutomaticMaskGenerator, SAM2AutomaticMaskGenerator
     from .predictor import SAM2ImagePredictor
+    from .video import AsyncSAM2VideoPredictor, SAM2VideoPredictor
 
 __version__ = "0.1.0"
 
@@ -56,12 +58,15 @@ _LAZY = {
     "SAM2ImagePredictor": ".predictor",
     "SAM2AutomaticMaskGenerator": ".generator",
     "AsyncSAM2AutomaticMaskGenerator": ".generator",
+    "SAM2VideoPredictor": ".video",
+    "AsyncSAM2VideoPredictor": ".video",
 }
 
 __all__ = [
     "AccessDeniedError",
     "AsyncSAM2AutomaticMaskGenerator",
     "AsyncSAM2Client",
+    "AsyncSAM2VideoPredictor",
     "CacheStats",
     "ClientClosedError",
     "DecodeOptions",
@@ -81,10 +86,12 @@ __all__ = [
     "SAM2Client",
     "SAM2ImagePredictor",
     "SAM2TritonError",
+    "SAM2VideoPredictor",
     "ServerBusyError",
     "ServerError",
     "ServerUnavailableError",
     "UnknownImageError",
+    "UnknownVideoError",
     "UsageError",
 ]
 

@@ -8,7 +8,7 @@ import http.client
 
 from tritonclient.utils import InferenceServerException
 
-from . import spec
+from . import spec, video_spec
 from .errors import (
     AccessDeniedError,
     InferenceError,
@@ -18,6 +18,7 @@ from .errors import (
     ServerBusyError,
     ServerUnavailableError,
     UnknownImageError,
+    UnknownVideoError,
 )
 
 try:  # the HTTP clients' transports; both ship with tritonclient[http]
@@ -82,6 +83,8 @@ def map_transport_error(exc: BaseException, model: str | None = None) -> SAM2Tri
         low = f"{status} {msg}".lower()
         if spec.SESSION_UNKNOWN_IMAGE in low:  # before NOT_FOUND: the model itself is there
             mapped = UnknownImageError(f"{what}{msg}")
+        elif video_spec.VIDEO_UNKNOWN in low:  # likewise
+            mapped = UnknownVideoError(f"{what}{msg}")
         elif status in _FORBIDDEN or any(s in low for s in _RESTRICTED):
             # before UNAVAILABLE: Triton answers a restricted gRPC protocol with UNAVAILABLE
             mapped = AccessDeniedError(

@@ -89,3 +89,9 @@ class UnknownImageError(ServerError):
     evicted from its byte-budgeted store, or the server restarted). The clients handle it by
     uploading the image again; you only see it when that did not help (e.g. a store too small to
     keep the image between the upload and the next request)."""
+
+
+class UnknownVideoError(ServerError):
+    """The server's ``sam2_video`` model does not hold the video id sent: it was closed, idle for
+    longer than the server's ``video_idle_ttl_s``, or the server restarted (video state is never
+    persisted). Call ``init_state`` again and re-add the prompts."""

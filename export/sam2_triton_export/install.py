@@ -16,7 +16,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -104,25 +104,54 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def install(staged: Path, repository: str | os.PathLike[str], files: list[str], last: str) -> None:
+RETIRED_DIR = ".retired"  # inside the staging directory: models removed from the repository
+
+
+def install(
+    staged: Path,
+    repository: str | os.PathLike[str],
+    files: list[str],
+    last: str,
+    remove: Sequence[str] = (),
+) -> None:
     """Move ``files`` (paths relative to ``staged``) into ``repository``, then ``last``.
 
-    Each target is replaced atomically; existing files not listed are left alone.
+    Each target is replaced atomically; existing files not listed are left alone, except the
+    model directories and files named in ``remove`` (the video models of an earlier ``--video``
+    export, which would not match the new weights): each is moved into ``staged`` with one
+    ``os.replace`` (deleted with it) after ``files`` and before ``last``.
     """
     repo = Path(repository)
     for rel in [*files, last]:
         _fsync_file(staged / rel)
     with _signals_deferred():
-        for rel in [*files, last]:
-            target = repo / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+        _install_files(staged, repo, files)
+        for name in remove:
+            target = repo / name
+            if target.is_symlink() or not target.exists():
+                continue
+            (staged / RETIRED_DIR).mkdir(exist_ok=True)
             try:
-                os.replace(staged / rel, target)
+                os.replace(target, staged / RETIRED_DIR / name)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
-                # staging on another filesystem: copy beside the target, then rename
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(staged / rel, tmp)
-                _fsync_file(tmp)
-                os.replace(tmp, target)
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            logger.warning("removed %s (not part of this export)", target)
+        _install_files(staged, repo, [last])
+
+
+def _install_files(staged: Path, repo: Path, files: list[str]) -> None:
+    for rel in files:
+        target = repo / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(staged / rel, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # staging on another filesystem: copy beside the target, then rename
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(staged / rel, tmp)
+            _fsync_file(tmp)
+            os.replace(tmp, target)

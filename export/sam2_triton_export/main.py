@@ -13,13 +13,23 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from sam2_triton import spec
+from sam2_triton import spec, video_spec
 from sam2_triton_serve import repository
 
 from . import amg_graph, amg_verify, checkpoints, install, onnx_export, verify
-from .errors import ExportError
+from .errors import ExportError, ParityError
 
 logger = logging.getLogger(__name__)
+
+VIDEO_HELP = (
+    "also export video tracking (SAM2VideoPredictor): five per-frame ONNX graphs "
+    f"({', '.join(video_spec.VIDEO_GRAPHS)}), each verified against PyTorch and SAM 2, and the "
+    f"{video_spec.VIDEO_MODEL} session model, installed together with the image models. "
+    "Costs disk (tiny: ~150 MB more, large: ~1 GB; the image encoder is stored a second time) "
+    "and time (about 3-5 more minutes on CPU, mostly memory-attention checks); "
+    "the server then also holds video frames (video_frame_budget_bytes, default 4 GiB). "
+    "Off by default; an export without it removes the video models of an earlier one"
+)
 
 RANDOM_WARNING = (
     "WARNING: RANDOM WEIGHTS (seed {seed}). These models produce meaningless masks; they exist "
@@ -87,6 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1e-4,
         help="max abs difference allowed between ONNX and PyTorch (default 1e-4)",
     )
+    parser.add_argument("--video", action="store_true", help=VIDEO_HELP)
+    # Hidden: the smaller video verification case set (video_export.QUICK_*), for the test suite
+    # and quick local tries; documented in docs/video.md.
+    parser.add_argument("--video-quick-verify", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         f"Installed {spec.ENCODER_MODEL}, {spec.DECODER_MODEL} and {spec.AMG_MASKS_MODEL} into "
         f"{args.output}"
     )
+    if getattr(args, "video", False):
+        print(f"Installed the video models {', '.join(repository.VIDEO_MODELS)} into {args.output}")
     if manifest["weights"]["random"]:
         print(RANDOM_WARNING.format(seed=args.seed), file=sys.stderr)
     return 0
@@ -143,6 +159,7 @@ def export(args: argparse.Namespace) -> dict:
     import onnxruntime
     import torch
 
+    from . import video_export  # torch at import time: only when exporting
     from .modules import ImageEncoder, PromptDecoder
 
     t0 = time.perf_counter()
@@ -180,10 +197,16 @@ def export(args: argparse.Namespace) -> dict:
         timings["verify"] = round(time.perf_counter() - start, 1)
         _print_report(report)
         verify.check(report)
+        want_video = getattr(args, "video", False)
+        video = _export_video(args, model, fingerprint, staged) if want_video else None
+        video_rels = [m["file"] for m in video["models"].values()] if video else []
         # TensorRT engines are named by the exported files: a re-export never reuses old ones.
-        key = repository.engine_cache_key([staged / enc_rel, staged / dec_rel], opts)
+        key = repository.engine_cache_key(
+            [staged / enc_rel, staged / dec_rel, *(staged / rel for rel in video_rels)], opts
+        )
         opts = dataclasses.replace(opts, engine_cache_key=key)
-        for rel, text in repository.config_files(opts).items():
+        configs = repository.config_files(opts, video=bool(video))
+        for rel, text in configs.items():
             (staged / rel).parent.mkdir(parents=True, exist_ok=True)
             (staged / rel).write_text(text)
         manifest = {
@@ -206,19 +229,93 @@ def export(args: argparse.Namespace) -> dict:
             },
             "models": {
                 rel.split("/")[0]: _describe(staged / rel, rel)
-                for rel in (enc_rel, dec_rel, amg_rel)
+                for rel in (enc_rel, dec_rel, amg_rel, *video_rels)
             },
             "parity": report.as_dict(),
-            "seconds": {**timings, "total": round(time.perf_counter() - t0, 1)},
+            "video": _video_manifest(video),
+            "seconds": {
+                **timings,
+                **({"video": video["seconds"]["total"]} if video else {}),
+                "total": round(time.perf_counter() - t0, 1),
+            },
         }
         (staged / repository.MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        video_files = video_export.video_files(video) if video else []
         install.install(
             staged,
             args.output,
-            [enc_rel, dec_rel, amg_rel, *repository.config_files(opts)],
+            [enc_rel, dec_rel, amg_rel, *video_files, *configs],
             last=repository.MANIFEST_FILENAME,
+            # an earlier --video export's models would not match these weights
+            remove=[] if video else [*repository.VIDEO_MODELS, video_export.REPORT_FILE],
         )
     return manifest
+
+
+def _export_video(args: argparse.Namespace, model, fingerprint, staged: Path) -> dict:
+    """Export and verify the five video graphs into ``staged``; raise ``ParityError`` (nothing
+    installed: the caller's staging directory is discarded) when a check fails."""
+    from . import video_export
+
+    quick = getattr(args, "video_quick_verify", False)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    report = video_export.stage_video_modules(
+        model,
+        staged,
+        fingerprint=fingerprint,
+        memory_cases=video_export.QUICK_MEMORY_CASES if quick else video_export.MEMORY_CASES,
+        sam_scenarios=video_export.QUICK_SAM_SCENARIOS if quick else video_export.SAM_SCENARIOS,
+        tolerance=args.tolerance,
+        progress=say,
+    )
+    _print_video_report(report)
+    if not report["passed"]:
+        raise ParityError(
+            "video graphs differ from PyTorch/SAM 2: " + "; ".join(report["failures"])
+        )
+    return report
+
+
+def _video_manifest(report: dict | None) -> dict:
+    """The manifest's ``video`` entry: whether the video models are part of this export and
+    the worst difference per graph (the full report is ``video_export.json``)."""
+    from .video_export import REPORT_FILE
+
+    if report is None:
+        return {"enabled": False}
+    worst = {
+        name: max(
+            [*report["onnx_vs_torch"].get(name, {}).values(), *report["vs_sam2"][name].values()]
+        )
+        for name in report["vs_sam2"]
+    }
+    return {
+        "enabled": True,
+        "graphs": list(video_spec.VIDEO_GRAPHS),
+        "session_model": video_spec.VIDEO_MODEL,
+        "image_dtype": report["image_dtype"],
+        "report": REPORT_FILE,
+        "passed": report["passed"],
+        "tolerance": report["tolerance"],
+        "max_abs_diff": worst,
+        "rope": report["rope"],
+        "memory_cases": report["memory_cases"],
+        "sam_scenarios": report["sam_scenarios"],
+    }
+
+
+def _print_video_report(report: dict) -> None:
+    print("  video graphs, max abs diff (ONNX vs PyTorch / PyTorch vs SAM 2):", file=sys.stderr)
+    for name in report["vs_sam2"]:
+        a = max(report["onnx_vs_torch"].get(name, {}).values(), default=0.0)
+        b = max(report["vs_sam2"][name].values(), default=0.0)
+        print(f"    {name:50s} {a:.2e} / {b:.2e}", file=sys.stderr)
+    rope = max(report["rope"].values(), default=0.0)
+    print(f"    {'RoPE real vs complex':50s} {rope:.2e}", file=sys.stderr)
+    print(f"  video verification {'PASSED' if report['passed'] else 'FAILED'}", file=sys.stderr)
 
 
 def _describe(path: Path, rel: str) -> dict:

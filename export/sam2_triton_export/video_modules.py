@@ -1,6 +1,6 @@
 """PyTorch modules that are exported to ONNX for video: what SAM2VideoPredictor runs per frame.
 
-Four pure functions of tensors (layout NCHW / batch first, float32, batch B = objects):
+Five pure functions of tensors (layout NCHW / batch first, float32, batch B = objects):
 
 ``VideoImageEncoder``: image -> the image encoder's outputs plus ``vision_feat``, the top-level
     feature map *before* ``no_mem_embed`` is added (memory attention and the memory encoder need
@@ -12,6 +12,9 @@ Four pure functions of tensors (layout NCHW / batch first, float32, batch B = ob
     (runtime flag), object-score suppression, object pointer with no-object handling.
 ``MemoryEncoder``: ``_encode_new_memory``: low-res mask logits -> memory features, with the
     1024x1024 upsampling, sigmoid (or binarisation) scale/bias and the no-object embedding.
+``MaskPrompt``: ``add_new_mask``'s network part: ``mask_downsample`` of the 1024x1024 0/1 mask
+    (the decoder's ``mask_input`` for the mask's object pointer in ``_use_mask_as_output``) and
+    the constant ``no_obj_ptr`` (the pointer of an empty mask).
 
 Which memories to attend to and their temporal positions is bookkeeping that stays in Python
 (the server); the graphs take the result as index/position tensors. The positional encodings
@@ -352,3 +355,30 @@ class MemoryEncoder(nn.Module):
                 ..., None, None
             ].expand(*feats.shape)
         return feats
+
+
+class MaskPrompt(nn.Module):
+    """``add_new_mask``: what ``_use_mask_as_output`` needs from the weights.
+
+    Input: mask [B,1,1024,1024] float32 (0/1: the prompt mask resized to the model frame).
+    Outputs: mask_downsampled [B,1,256,256] = ``model.mask_downsample(mask)`` (a 4x4 stride-4
+    conv; fed to ``VideoMaskDecoder`` as ``mask_input`` with ``has_mask_input`` 1 and no clicks,
+    its ``obj_ptr`` is the mask's pointer) and no_obj_ptr [256] = ``model.no_obj_ptr`` (a
+    constant of the weights; zeros when the model has none), which the server mixes in for an
+    empty mask exactly as ``_use_mask_as_output`` does. The antialiased low-res mask SAM 2 also
+    builds there is plain arithmetic on the input and stays in the server.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if getattr(model, "mask_downsample", None) is None:
+            raise ValueError("the model has no mask_downsample (use_mask_input_as_output...)")
+        self.mask_downsample = model.mask_downsample
+        ptr = getattr(model, "no_obj_ptr", None)
+        if ptr is None:
+            ptr = torch.zeros(model.hidden_dim)
+        self.register_buffer("no_obj_ptr", ptr.detach().reshape(-1).clone().float())
+
+    def forward(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # exported as an initializer behind an Identity (video_export._name_constant_outputs)
+        return self.mask_downsample(mask), self.no_obj_ptr.clone()

@@ -1,5 +1,5 @@
 """Verify the video graphs (``video_export``) against PyTorch and SAM 2, and the reference
-helpers a server ports (``memory_inputs``, ``round_to_bfloat16``)."""
+helper the server ports (``memory_inputs``: ``video_engine.memory_selection``)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from .video_export import (
     IMAGE_ENCODER,
     INPUTS,
     MASK_DECODER,
+    MASK_PROMPT,
     MEMORY_ATTENTION,
     MEMORY_ENCODER,
     OUTPUTS,
     SAM_SCENARIOS,
     _gen,
     mask_decoder_example,
+    mask_prompt_example,
     memory_attention_example,
     memory_encoder_example,
 )
@@ -92,14 +94,6 @@ def memory_inputs(
         else torch.zeros(b, 0, model.hidden_dim),
         torch.tensor([pos for pos, _ in ptrs], dtype=torch.int64) / max(max_ptrs - 1, 1),
     )
-
-
-def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
-    """float32 -> nearest bfloat16 (ties to even), as float32: SAM2VideoPredictor stores memory
-    features as bfloat16 (``.to(torch.bfloat16)``); a server reproducing it stores these."""
-    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-    return u.astype(np.uint32).view(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,6 +337,20 @@ def _verify_memory_encoder(model, module, sess, mem_attn) -> tuple[dict, dict]:
     return onnx_vs_torch, vs_sam2
 
 
+def _verify_mask_prompt(model, module, sess) -> tuple[dict, dict]:
+    """ONNX vs the wrapper (a batch of two masks, the second empty), and the wrapper vs SAM 2's
+    own ``mask_downsample`` and ``no_obj_ptr`` (what ``_use_mask_as_output`` uses)."""
+    args = mask_prompt_example(b=2, seed=60)
+    ours = _torch(module, args)
+    onnx = _run(sess, MASK_PROMPT, args)
+    with torch.no_grad():
+        ref_down = model.mask_downsample(args[0].float())
+    ref_ptr = getattr(model, "no_obj_ptr", None)
+    ref_ptr = torch.zeros(model.hidden_dim) if ref_ptr is None else ref_ptr.detach().reshape(-1)
+    vs_sam2 = _compare(OUTPUTS[MASK_PROMPT], ours, [ref_down, ref_ptr])
+    return _compare(OUTPUTS[MASK_PROMPT], onnx, ours), vs_sam2
+
+
 def verify_modules(
     model, modules: dict, paths: dict, memory_cases: tuple, sam_scenarios: tuple
 ) -> dict:
@@ -380,6 +388,10 @@ def verify_modules(
             model, modules[MEMORY_ENCODER], sessions[MEMORY_ENCODER], mem_attn
         ),
     )
+    mprompt = timed(
+        MASK_PROMPT,
+        lambda: _verify_mask_prompt(model, modules[MASK_PROMPT], sessions[MASK_PROMPT]),
+    )
     sessions.clear()  # release the onnxruntime sessions (before the caller installs)
     results = {"rope": rope, "onnx_vs_torch": {}, "vs_sam2": {}, "objects_present": dec[2]}
     for name, (onnx_vs_torch, vs_sam2, *_) in (
@@ -387,6 +399,7 @@ def verify_modules(
         (MEMORY_ATTENTION, att),
         (MASK_DECODER, dec),
         (MEMORY_ENCODER, menc),
+        (MASK_PROMPT, mprompt),
     ):
         results["onnx_vs_torch"][name] = onnx_vs_torch
         results["vs_sam2"][name] = vs_sam2

@@ -19,6 +19,11 @@ Every python-backend model's ``1/model.py`` is a shim (``model_shim``) that impo
 does SAM 2's pre- and post-processing with the SDK's own ``sam2_triton.transforms`` and
 ``sam2_triton.prompts``; that package must be installed in the python backend's environment.
 
+Video tracking (``sam2-triton export --video``, docs/video.md) adds five per-frame ONNX graphs
+(``video_spec.VIDEO_GRAPHS``, contract: ``video_graph_inputs``/``video_graph_outputs``) and the
+``sam2_video`` python-backend session model; ``config_files(opts, video=True)`` writes them. The
+committed repository is the image-only default (no video configs).
+
 The configs are generated from ``RepositoryOptions`` so that they always match the exported ONNX
 files (dtypes depend on export options); the committed files are the output for the defaults.
 """
@@ -35,7 +40,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from sam2_triton import spec
+from sam2_triton import spec, video_spec
 
 FLAVOURS = ("gpu", "cpu")
 CPU_CONFIG_NAME = "cpu"
@@ -126,6 +131,10 @@ class RepositoryOptions:
         UNAVAILABLE "too many requests".
     everything_max_pending: the same for ``sam2_everything`` (each request holds a batch of
         full-size masks in memory while it runs).
+    video_frame_budget_bytes: ``sam2_video``: bytes of uploaded frames plus their features held
+        across all videos (4 GiB; a frame is 3 MiB of uint8 pixels, its features ~26 MiB FP32).
+    max_videos: ``sam2_video``: videos open at once.
+    video_idle_ttl_s: ``sam2_video``: a video untouched for this long is closed.
     """
 
     image_dtype: str = "float32"
@@ -145,6 +154,9 @@ class RepositoryOptions:
     session_threads: int = 8
     session_max_pending: int = 64
     everything_max_pending: int = 4
+    video_frame_budget_bytes: int = 4 << 30
+    max_videos: int = 8
+    video_idle_ttl_s: int = 3600
 
     def __post_init__(self) -> None:
         if self.image_dtype not in ("float32", "float16", "uint8"):
@@ -182,6 +194,9 @@ class RepositoryOptions:
             "session_threads",
             "session_max_pending",
             "everything_max_pending",
+            "video_frame_budget_bytes",
+            "max_videos",
+            "video_idle_ttl_s",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -470,6 +485,198 @@ def everything_config(
     return cfg
 
 
+# --- video tracking (sam2-triton export --video) ------------------------------------------------
+# The one contract of the five exported graphs: names from video_spec, full shapes (-1 =
+# dynamic), max_batch_size 0 (B = objects of one call). video_export exports with these names,
+# the configs below declare them, tests/test_repository_video.py checks both against the ONNX.
+_FEATS = {n: spec.FEATURE_SHAPES[n] for n in spec.FEATURE_NAMES}
+_IMAGE_EMBED_SHAPE = _FEATS[spec.IMAGE_EMBED]  # (256, 64, 64)
+_LOW = (1, spec.LOW_RES_SIZE, spec.LOW_RES_SIZE)
+_MEM = (video_spec.MEM_DIM, video_spec.FEAT_SIZE, video_spec.FEAT_SIZE)
+VIDEO_IMAGE_DTYPE = "uint8"  # frames travel as uint8 RGB (video_spec.IMAGE); /255 in the graph
+
+
+def _f32(name: str, *dims: int) -> spec.TensorSpec:
+    return spec.TensorSpec(name, "float32", tuple(dims))
+
+
+_VIDEO_GRAPH_IO: dict[str, tuple[tuple[spec.TensorSpec, ...], tuple[spec.TensorSpec, ...]]] = {
+    video_spec.VIDEO_IMAGE_ENCODER_MODEL: (
+        (
+            spec.TensorSpec(
+                video_spec.IMAGE, VIDEO_IMAGE_DTYPE, (-1, 3, spec.IMAGE_SIZE, spec.IMAGE_SIZE)
+            ),
+        ),
+        (
+            _f32(video_spec.IMAGE_EMBED, -1, *_IMAGE_EMBED_SHAPE),
+            _f32(video_spec.HIGH_RES_FEATS_0, -1, *_FEATS[video_spec.HIGH_RES_FEATS_0]),
+            _f32(video_spec.HIGH_RES_FEATS_1, -1, *_FEATS[video_spec.HIGH_RES_FEATS_1]),
+            _f32(video_spec.VISION_FEAT, -1, *_IMAGE_EMBED_SHAPE),
+            spec.TensorSpec(spec.FINGERPRINT, "int32", (-1, spec.FINGERPRINT_LEN)),
+        ),
+    ),
+    video_spec.MEMORY_ATTENTION_MODEL: (
+        (
+            _f32(video_spec.VISION_FEAT, -1, *_IMAGE_EMBED_SHAPE),
+            _f32(video_spec.MASKMEM_FEATURES, -1, -1, *_MEM),
+            spec.TensorSpec(video_spec.MASKMEM_TPOS, "int64", (-1,)),
+            _f32(video_spec.OBJ_PTRS, -1, -1, video_spec.HIDDEN_DIM),
+            _f32(video_spec.OBJ_PTR_TPOS, -1),
+        ),
+        (_f32(video_spec.PIX_FEAT_WITH_MEM, -1, *_IMAGE_EMBED_SHAPE),),
+    ),
+    video_spec.VIDEO_MASK_DECODER_MODEL: (
+        (
+            _f32(video_spec.PIX_FEAT, -1, *_IMAGE_EMBED_SHAPE),
+            _f32(video_spec.HIGH_RES_FEATS_0, -1, *_FEATS[video_spec.HIGH_RES_FEATS_0]),
+            _f32(video_spec.HIGH_RES_FEATS_1, -1, *_FEATS[video_spec.HIGH_RES_FEATS_1]),
+            _f32(video_spec.POINT_COORDS, -1, -1, 2),
+            spec.TensorSpec(video_spec.POINT_LABELS, "int32", (-1, -1)),
+            _f32(video_spec.MASK_INPUT, -1, *_LOW),
+            _f32(video_spec.HAS_MASK_INPUT, -1),
+            _f32(video_spec.MULTIMASK_OUTPUT, -1),
+        ),
+        (
+            _f32(video_spec.LOW_RES_MASKS, -1, *_LOW),
+            _f32(video_spec.OBJ_PTR, -1, video_spec.HIDDEN_DIM),
+            _f32(video_spec.OBJECT_SCORE_LOGITS, -1, 1),
+        ),
+    ),
+    video_spec.MEMORY_ENCODER_MODEL: (
+        (
+            _f32(video_spec.VISION_FEAT, -1, *_IMAGE_EMBED_SHAPE),
+            _f32(video_spec.PRED_MASKS, -1, *_LOW),
+            _f32(video_spec.OBJECT_SCORE_LOGITS, -1, 1),
+            _f32(video_spec.BINARIZE_MASK, -1),
+        ),
+        (_f32(video_spec.MASKMEM_FEATURES, -1, *_MEM),),
+    ),
+    video_spec.MASK_PROMPT_MODEL: (
+        (_f32(video_spec.MASK_1024, -1, 1, spec.IMAGE_SIZE, spec.IMAGE_SIZE),),
+        (
+            _f32(video_spec.MASK_DOWNSAMPLED, -1, *_LOW),
+            _f32(video_spec.NO_OBJ_PTR, video_spec.HIDDEN_DIM),
+        ),
+    ),
+}
+assert tuple(_VIDEO_GRAPH_IO) == video_spec.VIDEO_GRAPHS
+
+
+def video_graph_inputs(model: str) -> tuple[spec.TensorSpec, ...]:
+    """Inputs of one exported video graph (``video_spec.VIDEO_GRAPHS``), in ONNX order."""
+    return _VIDEO_GRAPH_IO[model][0]
+
+
+def video_graph_outputs(model: str) -> tuple[spec.TensorSpec, ...]:
+    """Outputs of one exported video graph, in ONNX order."""
+    return _VIDEO_GRAPH_IO[model][1]
+
+
+# Graphs run by TensorRT FP16 on the GPU flavour. The other two run in FP32 on ONNX Runtime's
+# CUDA execution provider:
+# - sam2_memory_attention: P = 0 object pointers (a frame whose conditioning frames all lie
+#   ahead of it: only_obj_ptrs_in_the_past_for_eval) is a zero-length dim. TensorRT 7 refused a
+#   profile min of 0 (NVIDIA/TensorRT#337); newer TensorRT supports empty tensors, but ONNX
+#   Runtime's TensorRT EP with a P = 0 profile is untested (no GPU here), so no engine is
+#   relied on for it; the CUDA EP handles empty tensors, and FP32 keeps the long attention
+#   (4096 queries x up to 4096*M + 4P keys) as exact as the verified graph. docs/video.md.
+# - sam2_video_mask_prompt: one 4x4 stride-4 conv per add_new_mask call plus the constant
+#   no_obj_ptr (which must stay bit-exact): nothing for TensorRT to gain.
+VIDEO_TRT_GRAPHS = (
+    video_spec.VIDEO_IMAGE_ENCODER_MODEL,
+    video_spec.VIDEO_MASK_DECODER_MODEL,
+    video_spec.MEMORY_ENCODER_MODEL,
+)
+# Largest point count N of one video decoder call, the limit the sam2_video server enforces:
+# one prompt of spec.MAX_PROMPT_POINTS (box corners + clicks) plus one.
+VIDEO_MAX_POINTS = spec.MAX_PROMPT_POINTS + 1
+VIDEO_MODELS = (*video_spec.VIDEO_GRAPHS, video_spec.VIDEO_MODEL)  # what --video adds
+
+
+def video_shape_ranges(model: str) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every dynamic input of a video graph -> (smallest, largest) shape the server can send:
+    B 1..MAX_OBJECTS_PER_CALL, M 1..MAX_MEMORIES, P 0..MAX_OBJ_PTRS, N 1..VIDEO_MAX_POINTS."""
+    b = video_spec.MAX_OBJECTS_PER_CALL
+    dyn = {
+        video_spec.MASKMEM_FEATURES: ((1, 1), (b, video_spec.MAX_MEMORIES)),
+        video_spec.MASKMEM_TPOS: ((1,), (video_spec.MAX_MEMORIES,)),
+        video_spec.OBJ_PTRS: ((1, 0), (b, video_spec.MAX_OBJ_PTRS)),
+        video_spec.OBJ_PTR_TPOS: ((0,), (video_spec.MAX_OBJ_PTRS,)),
+        video_spec.POINT_COORDS: ((1, 1), (b, VIDEO_MAX_POINTS)),
+        video_spec.POINT_LABELS: ((1, 1), (b, VIDEO_MAX_POINTS)),
+    }
+    out = {}
+    for t in video_graph_inputs(model):
+        if -1 not in t.shape:
+            continue
+        low, high = dyn.get(t.name, ((1,), (b,)))  # otherwise only B is dynamic
+        n = len(low)
+        out[t.name] = ((*low, *t.shape[n:]), (*high, *t.shape[n:]))
+    return out
+
+
+def video_graph_config(
+    model: str, flavour: str, opts: RepositoryOptions = RepositoryOptions()
+) -> mc.ModelConfig:
+    """Config of one exported video graph: max_batch_size 0 (B = objects of one call).
+
+    CPU flavour: the python-backend onnxruntime runner, like every ONNX model. GPU flavour:
+    TensorRT FP16 (``VIDEO_TRT_GRAPHS``) with one profile covering ``video_shape_ranges`` and a
+    warmup at the smallest shapes (the engine is built at load, not on the first frame), or
+    ONNX Runtime CUDA FP32 (memory attention, mask prompt: see ``VIDEO_TRT_GRAPHS``).
+    """
+    cfg = _onnx_model(model, flavour, 0, video_graph_inputs(model), video_graph_outputs(model))
+    if flavour == "gpu" and model in VIDEO_TRT_GRAPHS:
+        ranges = video_shape_ranges(model)
+        _trt(
+            cfg,
+            model,
+            opts,
+            {
+                "trt_profile_min_shapes": _shape_str({k: lo for k, (lo, _) in ranges.items()}),
+                "trt_profile_opt_shapes": _shape_str({k: lo for k, (lo, _) in ranges.items()}),
+                "trt_profile_max_shapes": _shape_str({k: hi for k, (_, hi) in ranges.items()}),
+            },
+        )
+        warm = cfg.model_warmup.add(name="one_object", batch_size=1)
+        for t in video_graph_inputs(model):
+            w = warm.inputs[t.name]
+            w.data_type = _DTYPES[t.dtype]
+            w.dims.extend(ranges[t.name][0] if t.name in ranges else t.shape)
+            if t.dtype == "int32":  # point labels: 0 (a negative click) is valid
+                w.zero_data = True
+            else:
+                w.random_data = True
+    return cfg
+
+
+def video_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> mc.ModelConfig:
+    """The ``sam2_video`` config: python backend, BLS to the video graphs, every input optional.
+
+    One instance on the CPU (KIND_CPU) on both flavours: the videos (frames, features, memories)
+    live in its process, so a second instance would not know the first one's video ids; the
+    graphs it calls run on the GPU. Not decoupled: one response per request (``propagate``
+    returns ``steps`` frames, then ``propagate_next`` continues).
+    """
+    _check_flavour(flavour)
+    cfg = mc.ModelConfig(name=video_spec.VIDEO_MODEL, max_batch_size=0, backend="python")
+    for t in video_spec.video_inputs():
+        cfg.input.append(
+            mc.ModelInput(
+                name=t.name, data_type=_DTYPES[t.dtype], dims=list(t.shape), optional=True
+            )
+        )
+    cfg.output.extend(_tensor(t, False, mc.ModelOutput) for t in video_spec.video_outputs())
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    for key, value in {
+        "video_frame_budget_bytes": str(opts.video_frame_budget_bytes),
+        "max_videos": str(opts.max_videos),
+        "video_idle_ttl_s": str(opts.video_idle_ttl_s),
+    }.items():
+        cfg.parameters[key].string_value = value
+    return cfg
+
+
 def _python_params(cfg: mc.ModelConfig) -> None:
     # The python-backend stub runs in isolated mode; sam2-triton serve points it at the
     # environment that has onnxruntime (see sam2_triton_serve.launcher).
@@ -504,6 +711,8 @@ MODEL_SHIMS = {
         "sam2_everything: segment everything in one request (BLS).",
         "everything",
     ),
+    **{name: _ONNX_SHIM for name in video_spec.VIDEO_GRAPHS},
+    video_spec.VIDEO_MODEL: ("sam2_video: video tracking held on the server (BLS).", "video"),
 }
 
 
@@ -519,17 +728,27 @@ def model_shim(model: str) -> str:
 PYTHON_MODEL_SHIM = model_shim(spec.ENCODER_MODEL)
 
 
-def config_files(opts: RepositoryOptions = RepositoryOptions()) -> dict[str, str]:
-    """Every file of the repository except the ONNX models: relative path -> text."""
+def config_files(
+    opts: RepositoryOptions = RepositoryOptions(), video: bool = False
+) -> dict[str, str]:
+    """Every file of the repository except the ONNX models: relative path -> text. ``video``:
+    also the five video graphs and ``sam2_video`` (``sam2-triton export --video``)."""
     files = {}
-    for name, build in (
+    builders = [
         (spec.ENCODER_MODEL, encoder_config),
         (spec.DECODER_MODEL, decoder_config),
         (spec.SESSION_MODEL, session_config),
         (spec.SEGMENT_MODEL, segment_config),
         (spec.AMG_MASKS_MODEL, amg_masks_config),
         (spec.EVERYTHING_MODEL, everything_config),
-    ):
+    ]
+    if video:
+        builders += [
+            (name, lambda f, o, name=name: video_graph_config(name, f, o))
+            for name in video_spec.VIDEO_GRAPHS
+        ]
+        builders.append((video_spec.VIDEO_MODEL, video_config))
+    for name, build in builders:
         files[f"{name}/config.pbtxt"] = render(build("gpu", opts))
         files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))
         files[f"{name}/1/model.py"] = model_shim(name)
