@@ -95,3 +95,14 @@ def test_idle_videos_expire_and_their_ids_are_unknown() -> None:
         store.get(first.video_id)
     with pytest.raises(TrackerError, match="num_frames"):
         store.open(0, (30, 40))
+
+
+def test_the_client_may_choose_the_id_once_and_only_a_well_formed_one() -> None:
+    store = VideoStore(Encoder(), 1 << 30, 4, 60)
+    chosen = "0123456789abcdef" * 2
+    assert store.open(1, (30, 40), chosen).video_id == chosen
+    with pytest.raises(TrackerError, match="already open"):
+        store.open(1, (30, 40), chosen)
+    with pytest.raises(TrackerError, match="32 lowercase hex"):
+        store.open(1, (30, 40), "../etc")
+    assert len(store.open(1, (30, 40)).video_id) == vs.VIDEO_ID_LEN

@@ -9,13 +9,14 @@ low-resolution logits, which are resized here to the video's size as SAM 2 does.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from . import _wire
+from . import _wire, spec
 from . import video_spec as vs
 from ._core import Compute, Flow, SAM2Core
 from .aio import AsyncSAM2Client
@@ -66,9 +67,12 @@ def _request(
             tensors.append(_wire.bytes_input(core.mod, name, str(value).encode()))
         else:
             tensors.append(_wire.data_input(core.mod, name, np.asarray(value)))
+    video_id = inputs.get(vs.VIDEO_ID)
+    route = None if video_id is None else {spec.SESSION_ROUTING_HEADER: str(video_id)}
     result = yield core.call(
         "infer",
         model,
+        extra_headers=route,
         model_name=model,
         inputs=tensors,
         outputs=_wire.requested_outputs(core.mod, outputs),
@@ -112,8 +116,13 @@ def init_flow(core: SAM2Core, model: str, video_path: object) -> Flow[VideoState
     frames = yield Compute(load_video, (video_path,))
     n = len(frames)
     hw = np.array([frames.video_height, frames.video_width], np.int32)
+    proposed = secrets.token_hex(vs.VIDEO_ID_LEN // 2)
     out = yield from _request(
-        core, model, "open", {vs.NUM_FRAMES: _i32(n), vs.VIDEO_HW: hw}, [vs.VIDEO_ID]
+        core,
+        model,
+        "open",
+        {vs.VIDEO_ID: proposed, vs.NUM_FRAMES: _i32(n), vs.VIDEO_HW: hw},
+        [vs.VIDEO_ID],
     )
     raw = out[vs.VIDEO_ID].reshape(-1)[0]
     video_id = raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -65,8 +65,9 @@ NO_OBJ_PTR = "no_obj_ptr"  # [256]: SAM 2's no_obj_ptr (a constant of the weight
 # One request = one operation on one video; every input but "op" is optional and "op" says which
 # are used. Frame indices, object ids and counts are int32 [1]; flags are bool [1].
 #
-#   "open"        num_frames, video_hw [2] (H, W of the original video) -> video_id
-#                 (the server picks a random id; frames are then uploaded with "add_frames")
+#   "open"        num_frames, video_hw [2] (H, W of the original video), video_id (optional: the
+#                 client's random id, VIDEO_ID_PATTERN; absent: the server picks one) -> video_id;
+#                 frames are then uploaded with "add_frames"
 #   "add_frames"  video_id, frame_idx (index of frames[0]), frames uint8 [F, 3, 1024, 1024]
 #   "add_points"  video_id, frame_idx, obj_id, point_coords [P, 2] (model frame: SAM 2's
 #                 normalize-and-scale already applied), point_labels [P] int32 (a box is its two
@@ -101,6 +102,11 @@ VIDEO_OPS = (
     "info",
 )
 VIDEO_ID = "video_id"
+VIDEO_ID_LEN = 32
+VIDEO_ID_PATTERN = r"[0-9a-f]{32}"
+# The SDK sends the video id with every request of a video, "open" included, in the session
+# routing header (spec.SESSION_ROUTING_HEADER), so that a gateway hashing on it sends all of a
+# video's requests to the replica that holds it.
 NUM_FRAMES = "num_frames"
 VIDEO_HW = "video_hw"
 FRAMES = "frames"

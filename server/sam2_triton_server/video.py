@@ -152,7 +152,12 @@ class TritonPythonModel:
         hw = inputs.get(vs.VIDEO_HW)
         if hw is None or hw.size != 2:
             raise RequestError(f"input {vs.VIDEO_HW!r} [2] (height, width) is required")
-        session = self._store.open(int(_scalar(inputs, vs.NUM_FRAMES)), (int(hw[0]), int(hw[1])))
+        proposed = inputs.get(vs.VIDEO_ID)
+        session = self._store.open(
+            int(_scalar(inputs, vs.NUM_FRAMES)),
+            (int(hw[0]), int(hw[1])),
+            None if proposed is None else str(_scalar(inputs, vs.VIDEO_ID)),
+        )
         return {vs.VIDEO_ID: np.array([session.video_id.encode()], np.object_)}
 
     def _op_add_frames(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ needed; after that (or a restart) their id is unknown (``VIDEO_UNKNOWN``), never
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -91,7 +92,12 @@ class VideoStore:
             self.close(video_id)
 
     # --- videos ----------------------------------------------------------------------------
-    def open(self, num_frames: int, video_hw: tuple[int, int]) -> VideoSession:
+    def open(
+        self, num_frames: int, video_hw: tuple[int, int], video_id: str | None = None
+    ) -> VideoSession:
+        """A new video; ``video_id`` is the client's (``video_spec.VIDEO_ID_PATTERN``, so that
+        a gateway can route every request of the video, the first one included, to one
+        replica) or a random one."""
         if not 1 <= num_frames <= vs.MAX_VIDEO_FRAMES:
             raise TrackerError(
                 vs.VIDEO_BAD_FRAME,
@@ -111,7 +117,16 @@ class VideoStore:
                     vs.VIDEO_OVER_BUDGET,
                     f"{len(self.videos)} videos are open (max_videos); close one or retry later",
                 )
-            video_id = secrets.token_hex(16)
+            if video_id is None:
+                video_id = secrets.token_hex(vs.VIDEO_ID_LEN // 2)
+            elif not re.fullmatch(vs.VIDEO_ID_PATTERN, video_id):
+                raise TrackerError(
+                    "invalid video_id",
+                    f"{video_id!r}: a new video's id must be {vs.VIDEO_ID_LEN} lowercase hex "
+                    "characters (random, e.g. secrets.token_hex(16))",
+                )
+            elif video_id in self.videos:
+                raise TrackerError("invalid video_id", f"{video_id!r} is already open")
 
             def features(frame_idx: int) -> FrameFeatures:
                 return self.frame_features(self.get(video_id), frame_idx)
