@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sam2_triton_serve import repository
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: tomllib is 3.11+
@@ -367,6 +369,17 @@ def test_model_configs_cache_engines_in_the_volume(rendered):
             assert path in folders, f"docker/Dockerfile does not create {path}"
             checked += 1
     assert checked == 4  # engine + timing cache of the encoder and of the decoder
+    # the TensorRT video graphs of `sam2-triton export --video` too
+    video = repository.config_files(video=True)
+    video_paths = {
+        path
+        for rel, text in video.items()
+        if rel.endswith("/config.pbtxt")
+        for path in re.findall(
+            r'key:\s*"trt_(?:engine|timing)_cache_path"\s*value:\s*"([^"]+)"', text
+        )
+    }
+    assert len(video_paths) == 5 and video_paths <= folders, video_paths - folders
 
 
 def test_healthcheck_waits_for_engine_builds(triton_service):
@@ -764,6 +777,7 @@ sys.path.insert(0, {str(target)!r})
 for blocked in ("tritonclient", "onnxruntime", "torch", "triton_python_backend_utils"):
     sys.modules[blocked] = None  # importing them raises ImportError
 import sam2_triton_server.segment, sam2_triton_server.session, sam2_triton_server.onnx_model
+import sam2_triton_server.everything, sam2_triton_server.video
 import sam2_triton.spec, sam2_triton.transforms, sam2_triton.prompts
 import sam2_triton.errors, sam2_triton.types
 for name, module in sorted(sys.modules.items()):
