@@ -777,7 +777,7 @@ sys.path.insert(0, {str(target)!r})
 for blocked in ("tritonclient", "onnxruntime", "torch", "triton_python_backend_utils"):
     sys.modules[blocked] = None  # importing them raises ImportError
 import sam2_triton_server.segment, sam2_triton_server.session, sam2_triton_server.onnx_model
-import sam2_triton_server.everything, sam2_triton_server.video
+import sam2_triton_server.everything, sam2_triton_server.video, sam2_triton_server.video_stream
 import sam2_triton.spec, sam2_triton.transforms, sam2_triton.prompts
 import sam2_triton.errors, sam2_triton.types
 for name, module in sorted(sys.modules.items()):

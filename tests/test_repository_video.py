@@ -61,7 +61,15 @@ def test_video_configs_only_with_video() -> None:
     video = repository.config_files(video=True)
     assert {k: video[k] for k in image} == image  # the image models are unchanged
     added = {rel.split("/")[0] for rel in set(video) - set(image)}
-    assert added == set(repository.VIDEO_MODELS) == {*GRAPHS, video_spec.VIDEO_MODEL}
+    assert (
+        added
+        == set(repository.VIDEO_MODELS)
+        == {
+            *GRAPHS,
+            video_spec.VIDEO_MODEL,
+            video_spec.VIDEO_STREAM_MODEL,
+        }
+    )
     for name in repository.VIDEO_MODELS:
         for rel in ("config.pbtxt", "configs/cpu.pbtxt", "1/model.py"):
             assert f"{name}/{rel}" in video
@@ -166,6 +174,26 @@ def test_sam2_video_config(flavour: str) -> None:
         repository.RepositoryOptions(video_idle_ttl_s=0)
 
 
+@pytest.mark.parametrize("flavour", repository.FLAVOURS)
+def test_sam2_video_stream_config(flavour: str) -> None:
+    cfg = repository.parse(repository.render(repository.video_stream_config(flavour)))
+    assert cfg.name == video_spec.VIDEO_STREAM_MODEL and cfg.backend == "python"
+    assert cfg.model_transaction_policy.decoupled and cfg.max_batch_size == 0
+    assert [t.name for t in cfg.input if not t.optional] == [
+        video_spec.VIDEO_OP,
+        video_spec.VIDEO_ID,
+    ]
+    assert [t.name for t in cfg.output] == [
+        video_spec.FRAME_IDXS,
+        video_spec.OBJ_IDS,
+        video_spec.MASKS,
+        video_spec.DONE,
+    ]
+    assert repository.model_shim(video_spec.VIDEO_STREAM_MODEL).endswith(
+        "from sam2_triton_server.video_stream import TritonPythonModel  # noqa: F401\n"
+    )
+
+
 def test_sam2_video_shim() -> None:
     text = repository.model_shim(video_spec.VIDEO_MODEL)
     assert text == (
@@ -240,7 +268,8 @@ def test_crash_mid_video_export_then_image_only_export(
     from sam2_triton_export import main, video_export
 
     repo = tmp_path / "model_repository"
-    shutil.copytree(video_repo, repo)
+    # (without the shims' bytecode that a server run from video_repo may have left)
+    shutil.copytree(video_repo, repo, ignore=shutil.ignore_patterns("__pycache__"))
     before = _snapshot(repo)
     real_export = video_export._export
     written = []

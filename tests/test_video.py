@@ -200,3 +200,21 @@ def test_readme_video_example_runs_as_written(
     exec(block.replace("localhost:8001", video_triton_server.grpc_url), namespace)  # noqa: S102
     assert namespace["frame_idx"] == 2 and namespace["obj_ids"] == [1, 2]
     assert namespace["masks"].shape == (2, 1, 96, 128) and namespace["masks"].dtype == bool
+
+
+def test_a_stream_left_early_ends_and_the_video_goes_on(video_triton_server) -> None:
+    """Breaking out of propagate_in_video cancels the gRPC stream; the video stays usable."""
+    with SAM2VideoPredictor(url=video_triton_server.grpc_url, timeout_s=TIMEOUT_S) as predictor:
+        assert predictor.stream
+        state = predictor.init_state([np.full((40, 60, 3), 90, np.uint8)] * 4)
+        predictor.add_new_points_or_box(state, 0, 1, points=[[30, 20]], labels=[1])
+        for frame_idx, obj_ids, masks in predictor.propagate_in_video(state):
+            assert (frame_idx, obj_ids, masks.shape) == (0, [1], (1, 1, 40, 60))
+            break
+        frame_idx, obj_ids, masks = predictor.add_new_points_or_box(
+            state, 2, 1, points=[[10, 10]], labels=[0], clear_old_points=False
+        )
+        assert (frame_idx, obj_ids, masks.shape) == (2, [1], (1, 1, 40, 60))
+        predictor.close_state(state)
+    with pytest.raises(InvalidInputError, match="stream=True needs protocol='grpc'"):
+        SAM2VideoPredictor(url=video_triton_server.http_url, protocol="http", stream=True)

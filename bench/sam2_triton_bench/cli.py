@@ -151,10 +151,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the click comparison alone, quickly: --quick --only click "
         "--skip sam2,http --image-size 480x640",
     )
+    sub = parser.add_subparsers(
+        dest="bench_command",
+        metavar="{video}",
+        help="optional: run another benchmark instead (its options follow it)",
+    )
+    from . import video_bench
+
+    video = sub.add_parser(
+        "video",
+        help="video tracking: SAM2VideoPredictor on Triton (gRPC, HTTP) vs SAM 2 in-process",
+        description=video_bench.__doc__.split("\n\n")[0],
+    )
+    video_bench.add_arguments(video)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; write the JSON, the Markdown report and the plots."""
+    if getattr(args, "bench_command", None) == "video":
+        from . import video_bench
+
+        argv = sys.argv[sys.argv.index("video") + 1 :] if "video" in sys.argv else []
+        return video_bench.run(args, argv)
     log = Progress()
     if getattr(args, "only", None):
         args.skip = [

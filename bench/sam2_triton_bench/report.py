@@ -381,9 +381,9 @@ def _why(target: dict, results: dict) -> str:
     return ""
 
 
-#: sections of benchmarks.md written by other benchmarks (everything_bench, batch_bench): a new
-#: ``sam2-triton bench`` report keeps them as they are
-OTHER_SECTIONS = ("## Segment everything", "## Batch pipeline")
+#: sections of benchmarks.md written by other benchmarks (everything_bench, batch_bench,
+#: video_bench): a new ``sam2-triton bench`` report keeps them as they are
+OTHER_SECTIONS = ("## Segment everything", "## Batch pipeline", "## Video")
 
 
 def other_sections(markdown: str) -> str:
@@ -393,6 +393,33 @@ def other_sections(markdown: str) -> str:
         if block.startswith(OTHER_SECTIONS):
             kept.append(block if block.endswith("\n") else block + "\n")
     return ("\n" + "".join(kept)) if kept else ""
+
+
+def replace_section(markdown: str, heading: str, text: str, keep: tuple[str, ...] = ()) -> str:
+    """``markdown`` with its section ``heading`` (up to the next ``## `` heading) replaced by
+    ``text``, or ``text`` appended when there is none. The old section's subsections whose
+    heading starts with one of ``keep`` (e.g. a hand-written analysis) are carried over, placed
+    before the first subsection of ``text`` (at its end when it has none)."""
+    blocks = re.split(r"(?m)^(?=## )", markdown)
+    text = text if text.endswith("\n") else text + "\n"
+    for i, block in enumerate(blocks):
+        if block.startswith(heading + "\n"):
+            kept = "".join(
+                sub if sub.endswith("\n\n") else sub.rstrip("\n") + "\n\n"
+                for sub in re.split(r"(?m)^(?=### )", block)[1:]
+                if keep and sub.startswith(keep) and sub.strip() not in text
+            )
+            parts = re.split(r"(?m)^(?=### )", text, maxsplit=1)
+            head = parts[0] if parts[0].endswith("\n\n") else parts[0] + "\n"
+            new = head + kept + (parts[1] if len(parts) > 1 else "")
+            new = new.rstrip("\n") + "\n"
+            if i + 1 < len(blocks):
+                new += "\n"
+            blocks[i] = new
+            return "".join(blocks)
+    if markdown and not markdown.endswith("\n"):
+        markdown += "\n"
+    return markdown + ("\n" if markdown and not markdown.endswith("\n\n") else "") + text
 
 
 def render(results: dict, plots: dict[str, str], json_name: str) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from . import _wire, spec
 from . import video_spec as vs
 from ._core import Compute, Flow, SAM2Core
+from ._video_stream import stream_async, stream_sync
 from .aio import AsyncSAM2Client
 from .client import SAM2Client
 from .errors import InferenceError, InvalidInputError
@@ -271,32 +272,38 @@ def close_flow(core: SAM2Core, model: str, state: VideoState) -> Flow[None]:
     yield from _request(core, model, "close", {vs.VIDEO_ID: state.video_id}, [vs.VIDEO_ID])
 
 
+def propagation_args(
+    state: VideoState, start_frame_idx: int | None, max_frame_num_to_track: int | None
+) -> tuple[int, int]:
+    """``propagate_in_video``'s arguments on the wire (-1: SAM 2's default), checked."""
+    start = (
+        -1 if start_frame_idx is None else _check_frame(state, start_frame_idx, "start_frame_idx")
+    )
+    if max_frame_num_to_track is None:
+        return start, -1
+    if (
+        isinstance(max_frame_num_to_track, (int, np.integer))
+        and not isinstance(max_frame_num_to_track, bool)
+        and max_frame_num_to_track >= 0
+    ):
+        return start, int(max_frame_num_to_track)
+    raise InvalidInputError(
+        f"max_frame_num_to_track must be None or an int >= 0, got {max_frame_num_to_track!r}"
+    )
+
+
 def propagate_step_flow(
     core: SAM2Core,
     model: str,
     state: VideoState,
-    first: bool,
-    start_frame_idx: int | None,
-    max_frame_num_to_track: int | None,
-    reverse: bool,
+    first: tuple[int, int, bool] | None,
     steps: int,
 ) -> Flow[tuple[list[tuple[int, np.ndarray]], bool]]:
-    """One propagation request: the frames it computed (video-size logits) and whether done."""
+    """One stepped propagation request ("propagate" with ``first`` = (start, max_frames,
+    reverse), else "propagate_next"): its frames (video-size logits) and whether done."""
     inputs: dict[str, Any] = {vs.VIDEO_ID: state.video_id, vs.STEPS: _i32(steps)}
-    if first:
-        start = (
-            -1
-            if start_frame_idx is None
-            else _check_frame(state, start_frame_idx, "start_frame_idx")
-        )
-        if max_frame_num_to_track is None:
-            max_frames = -1
-        elif isinstance(max_frame_num_to_track, (int, np.integer)) and max_frame_num_to_track >= 0:
-            max_frames = int(max_frame_num_to_track)
-        else:
-            raise InvalidInputError(
-                f"max_frame_num_to_track must be None or an int >= 0, got {max_frame_num_to_track!r}"
-            )
+    if first is not None:
+        start, max_frames, reverse = first
         inputs.update(
             {
                 vs.START_FRAME_IDX: _i32(start),
@@ -305,10 +312,23 @@ def propagate_step_flow(
             }
         )
     out = yield from _request(
-        core, model, "propagate" if first else "propagate_next", inputs, (*FRAME_OUTPUTS, vs.DONE)
+        core,
+        model,
+        "propagate" if first is not None else "propagate_next",
+        inputs,
+        (*FRAME_OUTPUTS, vs.DONE),
     )
     frames = yield from _frame_result(state, out)
     return frames, bool(out[vs.DONE].reshape(-1)[0])
+
+
+def _streams(protocol: str, stream: bool | None) -> bool:
+    if stream and protocol != "grpc":
+        raise InvalidInputError(
+            "stream=True needs protocol='grpc' (Triton's HTTP endpoint cannot stream); "
+            "over HTTP propagation is stepped"
+        )
+    return protocol == "grpc" and stream is not False
 
 
 # --- the predictors -----------------------------------------------------------------------------
@@ -331,8 +351,10 @@ class SAM2VideoPredictor:
     ``SAM2VideoPredictor(url="localhost:8001")`` (or ``client=SAM2Client(...)``); other keyword
     arguments configure a new ``SAM2Client`` (``timeout_s`` defaults to 600 s here). Masks are
     numpy float32 logits ``[O, 1, H, W]`` at the video's size (SAM 2 returns torch tensors).
-    ``propagate_steps`` is the number of frames each propagation request computes (1: every
-    frame is yielded as soon as it is computed).
+    Over gRPC, propagation is one stream (``sam2_video_stream``): the server sends every frame
+    as soon as it is computed and goes on with the next meanwhile (``stream=False``: stepped
+    requests instead). Over HTTP it is stepped: each request computes ``propagate_steps``
+    frames (1: every frame is yielded as soon as it is computed).
     """
 
     def __init__(
@@ -342,6 +364,8 @@ class SAM2VideoPredictor:
         url: str | None = None,
         protocol: str = "grpc",
         model: str = vs.VIDEO_MODEL,
+        stream_model: str = vs.VIDEO_STREAM_MODEL,
+        stream: bool | None = None,
         propagate_steps: int = 1,
         **client_kwargs: Any,
     ) -> None:
@@ -350,6 +374,8 @@ class SAM2VideoPredictor:
         self._owns_client = client is None
         self.client = _own_client(client, SAM2Client, url, protocol, client_kwargs)
         self.model = model
+        self.stream_model = stream_model
+        self.stream = _streams(self.client.config.protocol, stream)
         self.propagate_steps = propagate_steps
 
     def _run(self, flow: Flow[Any]) -> Any:
@@ -418,21 +444,24 @@ class SAM2VideoPredictor:
     ) -> Iterator[Result]:
         """Track every object through the video: yields ``(frame_idx, obj_ids, masks)`` per
         frame as the server computes it."""
-        first, done = True, False
+        start, max_frames = propagation_args(
+            inference_state, start_frame_idx, max_frame_num_to_track
+        )
+        core = self.client._core
+        if self.stream:
+            for out in stream_sync(
+                core, self.stream_model, inference_state.video_id, start, max_frames, reverse
+            ):
+                for frame_idx, masks in self._run(_frame_result(inference_state, out)):
+                    yield frame_idx, list(inference_state.obj_ids), masks
+            return
+        first: tuple[int, int, bool] | None = (start, max_frames, reverse)
+        done = False
         while not done:
             frames, done = self._run(
-                propagate_step_flow(
-                    self.client._core,
-                    self.model,
-                    inference_state,
-                    first,
-                    start_frame_idx,
-                    max_frame_num_to_track,
-                    reverse,
-                    self.propagate_steps,
-                )
+                propagate_step_flow(core, self.model, inference_state, first, self.propagate_steps)
             )
-            first = False
+            first = None
             for frame_idx, masks in frames:
                 yield frame_idx, list(inference_state.obj_ids), masks
 
@@ -484,7 +513,12 @@ class AsyncSAM2VideoPredictor:
     ``propagate_in_video`` is an async iterator."""
 
     def __init__(
-        self, client: AsyncSAM2Client, model: str = vs.VIDEO_MODEL, propagate_steps: int = 1
+        self,
+        client: AsyncSAM2Client,
+        model: str = vs.VIDEO_MODEL,
+        stream_model: str = vs.VIDEO_STREAM_MODEL,
+        stream: bool | None = None,
+        propagate_steps: int = 1,
     ) -> None:
         if not isinstance(client, AsyncSAM2Client):
             raise InvalidInputError(
@@ -494,6 +528,8 @@ class AsyncSAM2VideoPredictor:
             raise InvalidInputError(f"propagate_steps must be an int >= 1, got {propagate_steps!r}")
         self.client = client
         self.model = model
+        self.stream_model = stream_model
+        self.stream = _streams(client.config.protocol, stream)
         self.propagate_steps = propagate_steps
 
     async def init_state(self, video_path: object) -> VideoState:
@@ -543,21 +579,30 @@ class AsyncSAM2VideoPredictor:
         reverse: bool = False,
     ) -> AsyncIterator[Result]:
         """See ``SAM2VideoPredictor.propagate_in_video``."""
-        first, done = True, False
+        start, max_frames = propagation_args(
+            inference_state, start_frame_idx, max_frame_num_to_track
+        )
+        core = self.client._core
+        if self.stream:
+            async for out in stream_async(
+                core,
+                self.stream_model,
+                inference_state.video_id,
+                start,
+                max_frames,
+                reverse,
+                inference_state.num_frames,
+            ):
+                for frame_idx, masks in await self.client._run(_frame_result(inference_state, out)):
+                    yield frame_idx, list(inference_state.obj_ids), masks
+            return
+        first: tuple[int, int, bool] | None = (start, max_frames, reverse)
+        done = False
         while not done:
             frames, done = await self.client._run(
-                propagate_step_flow(
-                    self.client._core,
-                    self.model,
-                    inference_state,
-                    first,
-                    start_frame_idx,
-                    max_frame_num_to_track,
-                    reverse,
-                    self.propagate_steps,
-                )
+                propagate_step_flow(core, self.model, inference_state, first, self.propagate_steps)
             )
-            first = False
+            first = None
             for frame_idx, masks in frames:
                 yield frame_idx, list(inference_state.obj_ids), masks
 

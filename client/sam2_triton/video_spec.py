@@ -128,6 +128,14 @@ MASKS = "masks"
 DONE = "done"
 FRAMES_HELD = "frames_held"
 
+# ``sam2_video_stream`` (decoupled, gRPC streaming): one "propagate" request (the inputs of
+# "propagate" above, without steps) -> one response per frame as it is computed (frame_idxs [1],
+# obj_ids, masks [1, O, 1, 256, 256], done), then Triton's final flag. It drives sam2_video's
+# propagate / propagate_next through BLS, so both see one state. Triton's HTTP endpoint cannot
+# stream a decoupled model: over HTTP the client steps with sam2_video itself.
+VIDEO_STREAM_MODEL = "sam2_video_stream"
+STREAM_INPUTS = (VIDEO_OP, VIDEO_ID, START_FRAME_IDX, MAX_FRAMES, REVERSE)
+
 # Errors: the message starts with one of these, and Triton's status says the kind.
 VIDEO_UNKNOWN = "unknown video id"  # NOT_FOUND: never opened here, closed, expired, restarted
 VIDEO_BAD_FRAME = "frame index out of range"  # INVALID_ARG
@@ -157,6 +165,16 @@ def video_inputs() -> tuple[TensorSpec, ...]:
         TensorSpec(REVERSE, "bool", (1,)),
         TensorSpec(STEPS, "int32", (1,)),
     )
+
+
+def video_stream_inputs() -> tuple[TensorSpec, ...]:
+    """Inputs of ``sam2_video_stream`` (``op`` and ``video_id`` required)."""
+    return tuple(t for t in video_inputs() if t.name in STREAM_INPUTS)
+
+
+def video_stream_outputs() -> tuple[TensorSpec, ...]:
+    """Outputs of ``sam2_video_stream``: one frame per response."""
+    return tuple(t for t in video_outputs() if t.name in (FRAME_IDXS, OBJ_IDS, MASKS, DONE))
 
 
 def video_outputs() -> tuple[TensorSpec, ...]:

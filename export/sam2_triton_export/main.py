@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 VIDEO_HELP = (
     "also export video tracking (SAM2VideoPredictor): five per-frame ONNX graphs "
     f"({', '.join(video_spec.VIDEO_GRAPHS)}), each verified against PyTorch and SAM 2, and the "
-    f"{video_spec.VIDEO_MODEL} session model, installed together with the image models. "
+    f"{video_spec.VIDEO_MODEL} session model (and {video_spec.VIDEO_STREAM_MODEL}, its "
+    "frame-by-frame gRPC stream), installed together with the image models. "
     "Costs disk (tiny: ~150 MB more, large: ~1 GB; the image encoder is stored a second time) "
     "and time (about 3-5 more minutes on CPU, mostly memory-attention checks); "
     "the server then also holds video frames (video_frame_budget_bytes, default 4 GiB). "

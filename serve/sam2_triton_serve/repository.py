@@ -132,7 +132,7 @@ class RepositoryOptions:
     everything_max_pending: the same for ``sam2_everything`` (each request holds a batch of
         full-size masks in memory while it runs).
     video_frame_budget_bytes: ``sam2_video``: bytes of uploaded frames plus their features held
-        across all videos (4 GiB; a frame is 3 MiB of uint8 pixels, its features ~26 MiB FP32).
+        across all videos (4 GiB; a frame is 3 MiB of uint8 pixels, its features ~21 MB FP32).
     max_videos: ``sam2_video``: videos open at once.
     video_idle_ttl_s: ``sam2_video``: a video untouched for this long is closed.
     """
@@ -590,7 +590,8 @@ VIDEO_TRT_GRAPHS = (
 # Largest point count N of one video decoder call, the limit the sam2_video server enforces:
 # one prompt of spec.MAX_PROMPT_POINTS (box corners + clicks) plus one.
 VIDEO_MAX_POINTS = spec.MAX_PROMPT_POINTS + 1
-VIDEO_MODELS = (*video_spec.VIDEO_GRAPHS, video_spec.VIDEO_MODEL)  # what --video adds
+# what --video adds
+VIDEO_MODELS = (*video_spec.VIDEO_GRAPHS, video_spec.VIDEO_MODEL, video_spec.VIDEO_STREAM_MODEL)
 
 
 def video_shape_ranges(model: str) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -677,6 +678,30 @@ def video_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) ->
     return cfg
 
 
+def video_stream_config(
+    flavour: str, opts: RepositoryOptions = RepositoryOptions()
+) -> mc.ModelConfig:
+    """The ``sam2_video_stream`` config: decoupled python backend (gRPC streaming), one response
+    per propagated frame; it holds no state (BLS to ``sam2_video``), so it may run several
+    instances: one stream per instance at a time."""
+    _check_flavour(flavour)
+    cfg = mc.ModelConfig(name=video_spec.VIDEO_STREAM_MODEL, max_batch_size=0, backend="python")
+    required = (video_spec.VIDEO_OP, video_spec.VIDEO_ID)
+    for t in video_spec.video_stream_inputs():
+        cfg.input.append(
+            mc.ModelInput(
+                name=t.name,
+                data_type=_DTYPES[t.dtype],
+                dims=list(t.shape),
+                optional=t.name not in required,
+            )
+        )
+    cfg.output.extend(_tensor(t, False, mc.ModelOutput) for t in video_spec.video_stream_outputs())
+    cfg.model_transaction_policy.decoupled = True
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=2)
+    return cfg
+
+
 def _python_params(cfg: mc.ModelConfig) -> None:
     # The python-backend stub runs in isolated mode; sam2-triton serve points it at the
     # environment that has onnxruntime (see sam2_triton_serve.launcher).
@@ -713,6 +738,10 @@ MODEL_SHIMS = {
     ),
     **{name: _ONNX_SHIM for name in video_spec.VIDEO_GRAPHS},
     video_spec.VIDEO_MODEL: ("sam2_video: video tracking held on the server (BLS).", "video"),
+    video_spec.VIDEO_STREAM_MODEL: (
+        "sam2_video_stream: propagation streamed frame by frame (decoupled, BLS).",
+        "video_stream",
+    ),
 }
 
 
@@ -748,6 +777,7 @@ def config_files(
             for name in video_spec.VIDEO_GRAPHS
         ]
         builders.append((video_spec.VIDEO_MODEL, video_config))
+        builders.append((video_spec.VIDEO_STREAM_MODEL, video_stream_config))
     for name, build in builders:
         files[f"{name}/config.pbtxt"] = render(build("gpu", opts))
         files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))

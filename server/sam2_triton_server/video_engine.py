@@ -83,11 +83,18 @@ class FrameOut:
     pred_masks: np.ndarray  # [1, 1, 256, 256] float32
     obj_ptr: np.ndarray  # [1, 256] float32
     object_score_logits: np.ndarray  # [1, 1] float32
-    maskmem_features: np.ndarray | None = None  # [1, 64, 64, 64], bfloat16 values as float32
+    maskmem_bf16: np.ndarray | None = None  # [1, 64, 64, 64] uint16: the bfloat16 bits
+
+    @property
+    def maskmem_features(self) -> np.ndarray | None:
+        """The memory features as float32 ``[1, 64, 64, 64]`` (exact: bfloat16 widened)."""
+        if self.maskmem_bf16 is None:
+            return None
+        return (self.maskmem_bf16.astype(np.uint32) << 16).view(np.float32)
 
     @property
     def nbytes(self) -> int:
-        mem = 0 if self.maskmem_features is None else self.maskmem_features.size * 2  # bf16
+        mem = 0 if self.maskmem_bf16 is None else self.maskmem_bf16.nbytes
         return self.pred_masks.nbytes + self.obj_ptr.nbytes + self.object_score_logits.nbytes + mem
 
 
@@ -102,7 +109,7 @@ class ObjectState:
     """Everything SAM 2 keeps per object index (``*_per_obj`` entries of inference_state)."""
 
     points: dict[int, Points] = field(default_factory=dict)
-    masks: dict[int, np.ndarray] = field(default_factory=dict)  # [1, 1, 1024, 1024] float32
+    masks: dict[int, np.ndarray] = field(default_factory=dict)  # [1024, 1024] bool
     cond: dict[int, FrameOut] = field(default_factory=dict)
     non_cond: dict[int, FrameOut] = field(default_factory=dict)
     temp_cond: dict[int, FrameOut] = field(default_factory=dict)
@@ -201,7 +208,7 @@ class VideoTracker:
         for obj in self.objects:
             for d in (obj.cond, obj.non_cond, obj.temp_cond, obj.temp_non_cond):
                 total += sum(out.nbytes for out in d.values())
-            total += sum(m.size // 8 for m in obj.masks.values())
+            total += sum(m.nbytes for m in obj.masks.values())
         return total
 
     # --- prompts ------------------------------------------------------------------------------
@@ -268,7 +275,7 @@ class VideoTracker:
         idx = self.obj_idx(obj_id)
         obj = self.objects[idx]
         mask_inputs = mask.reshape(1, 1, spec.IMAGE_SIZE, spec.IMAGE_SIZE).astype(np.float32)
-        obj.masks[frame_idx] = mask_inputs
+        obj.masks[frame_idx] = np.array(mask, dtype=bool).reshape(spec.IMAGE_SIZE, spec.IMAGE_SIZE)
         obj.points.pop(frame_idx, None)
         is_init = frame_idx not in obj.tracked
         reverse = False if is_init else obj.tracked[frame_idx]
@@ -327,7 +334,7 @@ class VideoTracker:
             multimask = num_pts <= MULTIMASK_MAX_PT_NUM  # _use_multimask (2.1 configs)
             out = self._decode(feats, pix_feat, points, prev_logits, multimask)
         if run_mem_encoder:
-            out.maskmem_features = self._encode_memory(feats, out, from_points=points is not None)
+            out.maskmem_bf16 = self._encode_memory(feats, out, from_points=points is not None)
         return out
 
     def _decode(
@@ -410,7 +417,8 @@ class VideoTracker:
         return np.asarray(res[vs.PIX_FEAT_WITH_MEM], np.float32)
 
     def _encode_memory(self, feats: FrameFeatures, out: FrameOut, from_points: bool) -> np.ndarray:
-        """``_encode_new_memory`` on the upsampled low-res logits, stored as bfloat16."""
+        """``_encode_new_memory`` on the upsampled low-res logits, rounded to bfloat16 as SAM 2
+        stores them; returned as the bfloat16 bits (uint16, half the bytes of float32)."""
         res = self.run(
             vs.MEMORY_ENCODER_MODEL,
             {
@@ -421,7 +429,8 @@ class VideoTracker:
             },
             [vs.MASKMEM_FEATURES],
         )
-        return round_to_bfloat16(np.asarray(res[vs.MASKMEM_FEATURES], np.float32))
+        rounded = round_to_bfloat16(np.asarray(res[vs.MASKMEM_FEATURES], np.float32))
+        return (rounded.view(np.uint32) >> 16).astype(np.uint16)
 
     # --- propagation ------------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -434,9 +443,9 @@ class VideoTracker:
         for i, obj in enumerate(self.objects):
             for temp, bank in ((obj.temp_non_cond, obj.non_cond), (obj.temp_cond, obj.cond)):
                 for frame_idx, out in temp.items():
-                    if out.maskmem_features is None:
+                    if out.maskmem_bf16 is None:
                         feats = self.features(frame_idx)
-                        out.maskmem_features = self._encode_memory(feats, out, from_points=True)
+                        out.maskmem_bf16 = self._encode_memory(feats, out, from_points=True)
                     bank[frame_idx] = out
                 temp.clear()
             if not obj.cond:
