@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -464,3 +465,19 @@ def test_engine_cache_key_changes_with_weights_and_stays_for_the_same_export(
     fp16 = repository.RepositoryOptions(feature_dtype="float16")  # other options: other key
     files = [repository.model_file(exported_repo, m) for m in seed0]
     assert repository.engine_cache_key(files, fp16) != key
+
+
+def test_an_interrupt_a_library_swallows_is_still_noted() -> None:
+    """torch's exporter can swallow the KeyboardInterrupt of a Ctrl-C (it passes through C++);
+    the export notes the signal anyway and does not install (main.export checks the list)."""
+    from sam2_triton_export import install
+
+    before = signal.getsignal(signal.SIGINT)
+    with install.interrupts_noted() as seen:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # the handler runs in the main thread at the next bytecode
+        except KeyboardInterrupt:
+            pass  # what a swallowing library does
+        assert seen == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is before

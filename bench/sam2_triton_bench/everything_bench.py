@@ -43,7 +43,7 @@ import numpy as np
 from sam2_triton import spec
 
 from . import machine
-from .stats import Rounds, paired_ratio, summarize
+from .stats import Rounds, TimedParts, paired_ratio, summarize
 from .targets import default_work_dir, ensure_export
 
 TARGET = 0.8  # Triton seconds per image / SAM 2 in-process
@@ -168,27 +168,6 @@ def exactness(matches: list[dict]) -> dict[str, Any]:
 
 
 # --- SAM 2 in-process, with its parts timed ----------------------------------------------------
-class TimedParts:
-    """Wraps instance methods to add up their wall time (per name)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def wrap(self, obj: Any, method: str, name: str) -> None:
-        inner = getattr(obj, method)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-        setattr(obj, method, timed)
-
-    def take(self) -> dict[str, float]:
-        out, self.seconds = self.seconds, {}
-        return out
 
 
 def sam2_model(device: str) -> Any:

@@ -51,7 +51,7 @@ from PIL import Image
 from sam2_triton import video_spec as vs
 
 from . import machine
-from .stats import Rounds, paired_ratio, summarize
+from .stats import Rounds, TimedParts, paired_ratio, summarize
 from .targets import BenchSetupError, default_work_dir, read_manifest
 
 TARGET = 1.0  # Triton propagation frames/s / SAM 2 in-process frames/s (the issue's goal)
@@ -149,29 +149,6 @@ def reference_predictor(state_dict: dict, device: str = "cpu", config: str = SAM
 
     predictor._prepare_memory_conditioned_features = types.MethodType(prepare, predictor)
     return predictor
-
-
-class TimedParts:
-    """Wraps instance methods to add up their wall time (per name)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def wrap(self, obj: Any, method: str, name: str) -> None:
-        inner = getattr(obj, method)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-        setattr(obj, method, timed)
-
-    def take(self) -> dict[str, float]:
-        out, self.seconds = self.seconds, {}
-        return out
 
 
 SAM2_PARTS = (

@@ -48,9 +48,16 @@ def frame_outputs(result: Any) -> dict[str, np.ndarray] | None:
     return {name: result.as_numpy(name) for name in OUTPUTS}
 
 
-def _is_final(result: Any) -> bool:
+def reply(
+    result: Any, error: BaseException | None, model: str
+) -> tuple[dict[str, np.ndarray] | None, bool]:
+    """One streamed reply: its frame tensors (None for the empty final response) and whether
+    it is the last; a transport or model error is raised, mapped like any other call's."""
+    if error is not None:
+        raise map_transport_error(error, model) or error
     params = result.get_response().parameters
-    return "triton_final_response" in params and params["triton_final_response"].bool_param
+    final = "triton_final_response" in params and params["triton_final_response"].bool_param
+    return frame_outputs(result), final
 
 
 def stream_sync(
@@ -72,12 +79,10 @@ def stream_sync(
                 raise RequestTimeoutError(
                     f"model {model!r}: no frame within {core.config.timeout_s} s"
                 ) from None
-            if error is not None:
-                raise map_transport_error(error, model) or error
-            frame = frame_outputs(result)
+            frame, final = reply(result, error, model)
             if frame is not None:
                 yield frame
-            if _is_final(result):
+            if final:
                 return
     finally:
         triton.stop_stream(cancel_requests=True)
@@ -110,12 +115,10 @@ async def stream_async(
             requests(), stream_timeout=core.config.timeout_s * max(num_frames, 1), headers=headers
         )
         async for result, error in responses:
-            if error is not None:
-                raise map_transport_error(error, model) or error
-            frame = frame_outputs(result)
+            frame, final = reply(result, error, model)
             if frame is not None:
                 yield frame
-            if _is_final(result):
+            if final:
                 return
     finally:
         await triton.close()

@@ -99,6 +99,30 @@ def _signals_deferred() -> Iterator[None]:
             os.kill(os.getpid(), s)
 
 
+@contextlib.contextmanager
+def interrupts_noted() -> Iterator[list[int]]:
+    """SIGINT/SIGTERM during an export raise KeyboardInterrupt as usual and are also noted in the
+    yielded list: torch's exporter can swallow the exception (it passes through C++), so the
+    caller checks the list before installing and an interrupted export never installs."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    seen: list[int] = []
+
+    def interrupt(signum: int, _frame: object) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield seen
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())

@@ -174,7 +174,7 @@ def export(args: argparse.Namespace) -> dict:
     enc_rel = f"{spec.ENCODER_MODEL}/1/{repository.MODEL_FILENAME}"
     dec_rel = f"{spec.DECODER_MODEL}/1/{repository.MODEL_FILENAME}"
     amg_rel = f"{spec.AMG_MASKS_MODEL}/1/{repository.MODEL_FILENAME}"
-    with install.staging_dir(args.output) as staged:
+    with install.interrupts_noted() as interrupts, install.staging_dir(args.output) as staged:
         timings = {}
         for rel, fn in (
             (enc_rel, lambda p: onnx_export.export_encoder(encoder, p)),
@@ -242,6 +242,8 @@ def export(args: argparse.Namespace) -> dict:
         }
         (staged / repository.MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=2) + "\n")
         video_files = video_export.video_files(video) if video else []
+        if interrupts:  # an interrupt that a library swallowed: never install
+            raise KeyboardInterrupt(f"signal {interrupts[0]} during the export")
         install.install(
             staged,
             args.output,
