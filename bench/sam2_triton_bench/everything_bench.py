@@ -43,6 +43,7 @@ import numpy as np
 from sam2_triton import spec
 
 from . import machine
+from .metrics import model_statistics
 from .stats import Rounds, TimedParts, paired_ratio, summarize
 from .targets import default_work_dir, ensure_export
 
@@ -203,37 +204,6 @@ def sam2_breakdown(parts: dict[str, float], total: float) -> dict[str, float]:
 
 
 # --- Triton ------------------------------------------------------------------------------------
-def server_stats(url: str, protocol: str) -> dict[str, dict[str, int]] | None:
-    """Triton's cumulative statistics of the models ``sam2_everything`` uses: calls and
-    nanoseconds of successful requests, queue and compute_infer (None where unavailable)."""
-    try:
-        if protocol == "grpc":
-            import tritonclient.grpc as tc
-
-            with tc.InferenceServerClient(url) as client:
-                doc = client.get_inference_statistics("", as_json=True)
-        else:
-            import tritonclient.http as tc
-
-            with tc.InferenceServerClient(url.removeprefix("http://")) as client:
-                doc = client.get_inference_statistics("")
-    except Exception:  # noqa: BLE001 - statistics are optional (a server may not allow them)
-        return None
-    out = {}
-    for m in doc.get("model_stats", []):
-        if m.get("name") not in SERVER_MODELS:
-            continue
-        s = m.get("inference_stats", {})
-        out[m["name"]] = {
-            "count": int(s.get("success", {}).get("count", 0)),
-            "success_ns": int(s.get("success", {}).get("ns", 0)),
-            "queue_ns": int(s.get("queue", {}).get("ns", 0)),
-            "compute_infer_ns": int(s.get("compute_infer", {}).get("ns", 0)),
-            "executions": int(m.get("execution_count", 0)),
-        }
-    return out
-
-
 def stats_delta(before: dict | None, after: dict | None) -> dict | None:
     if not before or not after:
         return None
@@ -353,7 +323,7 @@ def run_case(
             f"{case.name}: warm-up SAM 2 {warm_sam2:.1f} s, Triton {warm_triton:.1f} s; "
             f"masks {matches[0]['ours']}/{matches[0]['sam2']}; wire {wire}"
         )
-        before = server_stats(url, protocol)
+        before = model_statistics(url, protocol, SERVER_MODELS)
         for r in Rounds(repeats):
             image = picture(case.h, case.w, seed=base_seed + 1 + r)  # new: no cache answers
             records = {}
@@ -372,7 +342,7 @@ def run_case(
                 f"{seconds['triton'][-1]:.2f} s; masks {m['ours']}/{m['sam2']}, "
                 f"{m['identical']} identical"
             )
-        after = server_stats(url, protocol)
+        after = model_statistics(url, protocol, SERVER_MODELS)
     summary = {k: summarize(v) for k, v in seconds.items()}
     ratio = summary["triton"]["median"] / summary["sam2"]["median"]
     paired = paired_ratio(seconds["triton"], seconds["sam2"])

@@ -18,7 +18,14 @@ from collections.abc import Iterator
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["metric", "metrics_text", "metrics_url", "samples", "try_metrics_text"]
+__all__ = [
+    "metric",
+    "metrics_text",
+    "metrics_url",
+    "model_statistics",
+    "samples",
+    "try_metrics_text",
+]
 
 
 def metrics_url(url: str) -> str:
@@ -61,3 +68,37 @@ def metric(text: str, name: str, **labels: str) -> float:
         for got, value in samples(text, name)
         if all(got.get(k) == str(v) for k, v in labels.items())
     )
+
+
+def model_statistics(
+    url: str, protocol: str, models: tuple[str, ...]
+) -> dict[str, dict[str, int]] | None:
+    """Triton's cumulative per-model statistics (the statistics API, not ``/metrics``) of
+    ``models``: successful requests (``count``, ``success_ns``), ``queue_ns``,
+    ``compute_infer_ns`` and ``executions``; None where the server does not give them."""
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as tc
+
+            with tc.InferenceServerClient(url) as client:
+                doc = client.get_inference_statistics("", as_json=True)
+        else:
+            import tritonclient.http as tc
+
+            with tc.InferenceServerClient(url.removeprefix("http://")) as client:
+                doc = client.get_inference_statistics("")
+    except Exception:  # noqa: BLE001 - statistics are optional (a server may not allow them)
+        return None
+    out = {}
+    for m in doc.get("model_stats", []):
+        if m.get("name") not in models:
+            continue
+        s = m.get("inference_stats", {})
+        out[m["name"]] = {
+            "count": int(s.get("success", {}).get("count", 0)),
+            "success_ns": int(s.get("success", {}).get("ns", 0)),
+            "queue_ns": int(s.get("queue", {}).get("ns", 0)),
+            "compute_infer_ns": int(s.get("compute_infer", {}).get("ns", 0)),
+            "executions": int(m.get("execution_count", 0)),
+        }
+    return out

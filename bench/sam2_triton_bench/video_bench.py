@@ -51,6 +51,7 @@ from PIL import Image
 from sam2_triton import video_spec as vs
 
 from . import machine
+from .metrics import model_statistics
 from .stats import Rounds, TimedParts, paired_ratio, summarize
 from .targets import BenchSetupError, default_work_dir, read_manifest
 
@@ -271,31 +272,6 @@ def compare_masks(ours: list[np.ndarray], ref: list[np.ndarray]) -> dict[str, An
 
 
 # --- Triton: statistics, metrics, memory --------------------------------------------------------
-def model_stats(grpc_url: str) -> dict[str, dict[str, int]] | None:
-    """Triton's cumulative statistics of the video models: requests, executions and nanoseconds
-    of successful requests, queue and compute_infer (None where unavailable)."""
-    try:
-        import tritonclient.grpc as tc
-
-        with tc.InferenceServerClient(grpc_url) as client:
-            doc = client.get_inference_statistics("", as_json=True)
-    except Exception:  # noqa: BLE001 - statistics are optional (a server may not allow them)
-        return None
-    out = {}
-    for m in doc.get("model_stats", []):
-        if m.get("name") not in SERVER_MODELS:
-            continue
-        s = m.get("inference_stats", {})
-        out[m["name"]] = {
-            "count": int(s.get("success", {}).get("count", 0)),
-            "success_ns": int(s.get("success", {}).get("ns", 0)),
-            "queue_ns": int(s.get("queue", {}).get("ns", 0)),
-            "compute_infer_ns": int(s.get("compute_infer", {}).get("ns", 0)),
-            "executions": int(m.get("execution_count", 0)),
-        }
-    return out
-
-
 def add_delta(total: dict, before: dict | None, after: dict | None) -> None:
     if not before or not after:
         return
@@ -656,10 +632,10 @@ def measure(args: argparse.Namespace, log) -> dict[str, Any]:
                             readings[phase] = sam2_memory(state)
                         return
                     if phase == "prompts":
-                        stats["before"] = model_stats(grpc_url)
+                        stats["before"] = model_statistics(grpc_url, "grpc", SERVER_MODELS)
                         return
                     if phase == "propagate":
-                        stats["after"] = model_stats(grpc_url)
+                        stats["after"] = model_statistics(grpc_url, "grpc", SERVER_MODELS)
                     readings[phase] = {**server_memory(pid), "held": held_bytes(metrics_url)}
 
                 res = session(preds[v], clip, objs, keep=(r == 0), between=read)

@@ -116,6 +116,14 @@ class ObjectState:
     temp_non_cond: dict[int, FrameOut] = field(default_factory=dict)
     tracked: dict[int, bool] = field(default_factory=dict)  # frame -> tracked in reverse
 
+    def prompt_slot(self, frame_idx: int) -> tuple[bool, bool, dict[int, FrameOut]]:
+        """For a prompt on ``frame_idx``: whether it is an initial conditioning frame (not tracked
+        yet), the direction it was tracked in, and the temporary outputs it goes to
+        (``add_all_frames_to_correct_as_cond=False``: corrections stay non-conditioning)."""
+        is_init = frame_idx not in self.tracked
+        reverse = False if is_init else self.tracked[frame_idx]
+        return is_init, reverse, self.temp_cond if is_init else self.temp_non_cond
+
     def output(self, frame_idx: int) -> FrameOut | None:
         return self.cond.get(frame_idx) or self.non_cond.get(frame_idx)
 
@@ -243,11 +251,7 @@ class VideoTracker:
             )
         obj.points[frame_idx] = new
         obj.masks.pop(frame_idx, None)
-        is_init = frame_idx not in obj.tracked
-        reverse = False if is_init else obj.tracked[frame_idx]
-        temp = (
-            obj.temp_cond if is_init else obj.temp_non_cond
-        )  # add_all_frames_to_correct_as_cond=False
+        is_init, reverse, temp = obj.prompt_slot(frame_idx)
         prev = temp.get(frame_idx) or obj.output(frame_idx)
         prev_logits = None
         if prev is not None:
@@ -265,7 +269,6 @@ class VideoTracker:
             prev_logits=prev_logits,
         )
         temp[frame_idx] = out
-        self._new_prompt_frame(frame_idx)
         return self.consolidate(frame_idx, is_cond=is_init)
 
     def add_new_mask(self, frame_idx: int, obj_id: int, mask: np.ndarray) -> np.ndarray:
@@ -277,18 +280,12 @@ class VideoTracker:
         mask_inputs = mask.reshape(1, 1, spec.IMAGE_SIZE, spec.IMAGE_SIZE).astype(np.float32)
         obj.masks[frame_idx] = np.array(mask, dtype=bool).reshape(spec.IMAGE_SIZE, spec.IMAGE_SIZE)
         obj.points.pop(frame_idx, None)
-        is_init = frame_idx not in obj.tracked
-        reverse = False if is_init else obj.tracked[frame_idx]
-        temp = obj.temp_cond if is_init else obj.temp_non_cond
+        is_init, reverse, temp = obj.prompt_slot(frame_idx)
         out = self._frame_inference(
             obj, frame_idx, is_init, None, mask_inputs, reverse, run_mem_encoder=False
         )
         temp[frame_idx] = out
-        self._new_prompt_frame(frame_idx)
         return self.consolidate(frame_idx, is_cond=is_init)
-
-    def _new_prompt_frame(self, frame_idx: int) -> None:
-        """Hook for the session: a prompt changed ``frame_idx`` (ends a propagation)."""
 
     def _check_cond(self, idx: int) -> None:
         obj = self.objects[idx]
