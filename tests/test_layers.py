@@ -19,9 +19,10 @@ LAYERS = {
     "sam2_triton_serve": ("serve/sam2_triton_serve", {"sam2_triton"}),
     # export installs into a model repository, whose configs serve/repository.py defines
     "sam2_triton_export": ("export/sam2_triton_export", {"sam2_triton", "sam2_triton_serve"}),
+    # bench also measures the server's video store in-process (bytes held over 2000 frames)
     "sam2_triton_bench": (
         "bench/sam2_triton_bench",
-        {"sam2_triton", "sam2_triton_serve", "sam2_triton_export"},
+        {"sam2_triton", "sam2_triton_serve", "sam2_triton_export", "sam2_triton_server"},
     ),
     "sam2_triton_app": (
         "app/sam2_triton_app",

@@ -265,8 +265,8 @@ def _restated(source: str) -> list[tuple[int, str]]:
             value = ast.literal_eval(node.value) if node.value is not None else None
         except ValueError:
             continue
-        values = value if isinstance(value, tuple) else (value,)
-        if value in strings or any(isinstance(v, str) and v in strings for v in values):
+        values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        if values in strings or any(isinstance(v, str) and v in strings for v in values):
             found.append((node.lineno, f"{names} = {value!r}"))
     return found
 

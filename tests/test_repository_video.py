@@ -149,7 +149,12 @@ def test_video_graph_cpu_flavour() -> None:
 def test_sam2_video_config(flavour: str) -> None:
     cfg = repository.parse(repository.render(repository.video_config(flavour)))
     assert cfg.name == video_spec.VIDEO_MODEL
-    assert cfg.backend == "python" and cfg.max_batch_size == 0
+    # Triton's batch dimension, every input ragged, the dynamic batcher with a short queue
+    # delay: requests of several videos reach the one instance together
+    assert cfg.backend == "python" and cfg.max_batch_size == 8
+    assert all(t.allow_ragged_batch for t in cfg.input)
+    assert cfg.HasField("dynamic_batching")
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 5000
     # one instance, on the CPU, on both flavours: the videos live in its process
     groups = [(g.kind, g.count, list(g.gpus)) for g in cfg.instance_group]
     assert groups == [(mc.ModelInstanceGroup.KIND_CPU, 1, [])]
@@ -167,9 +172,15 @@ def test_sam2_video_config(flavour: str) -> None:
         "video_frame_budget_bytes": str(4 << 30),
         "max_videos": "8",
         "video_idle_ttl_s": "3600",
+        # memory attention is compute-bound on a CPU: batching objects there only adds memory
+        "attention_batch_bytes": str(8 << 30 if flavour == "gpu" else 1 << 30),
     }
-    opts = repository.RepositoryOptions(video_frame_budget_bytes=123, max_videos=2)
-    assert repository.video_config(flavour, opts).parameters["max_videos"].string_value == "2"
+    opts = repository.RepositoryOptions(
+        video_frame_budget_bytes=123, max_videos=2, video_request_batching=False
+    )
+    unbatched = repository.video_config(flavour, opts)
+    assert unbatched.parameters["max_videos"].string_value == "2"
+    assert not unbatched.HasField("dynamic_batching")
     with pytest.raises(ValueError, match="video_idle_ttl_s"):
         repository.RepositoryOptions(video_idle_ttl_s=0)
 

@@ -54,8 +54,9 @@ class FakePredictor:
         self.closed = False
         FakePredictor.instances.append(self)
 
-    def init_state(self, video_path):
+    def init_state(self, video_path, window=0):
         self.calls.append(("init_state", video_path))
+        self.window = window
         video = load_video(video_path)
         return {"num_frames": len(video), "obj_ids": [], "cond": set()}
 
@@ -279,6 +280,7 @@ def test_run_png_with_fake_predictor(video_dir: Path, tmp_path: Path, fake, caps
     assert (pred.url, pred.protocol, pred.closed) == ("triton:9001", "http", True)
     (kind, frames), *_ = pred.calls  # the CLI's opened frames, passed through load_video
     assert kind == "init_state" and str(video_dir) in frames.source and len(frames) == N
+    assert pred.window == 0
     adds = [c[1] for c in pred.calls if c[0] == "add"]
     assert [(a["frame_idx"], a["obj_id"]) for a in adds] == [(0, 1), (0, 2), (2, 1)]
     assert adds[0]["points"].tolist() == [[20, 40], [25, 45]] and adds[0]["box"] is None
@@ -296,8 +298,9 @@ def test_run_rle_reverse_default_url(video_dir: Path, tmp_path: Path, fake) -> N
     out = tmp_path / "out"
     argv = ["track", str(video_dir), "--frame", "4", "--point", "30,40", "--reverse"]
     assert cli.main([*argv, "--max-frames", "2", "--format", "rle", "--no-overlay",
-                     "--out", str(out)]) == 0  # fmt: skip
+                     "--window", "16", "--out", str(out)]) == 0  # fmt: skip
     (pred,) = fake
+    assert pred.window == 16
     assert pred.url == "localhost:8001" and pred.calls[-2] == ("propagate", (None, 2, True))
     doc = json.loads((out / "masks.json").read_text())
     assert doc["frames"] == [2, 3, 4] and doc["obj_ids"] == [1]

@@ -80,7 +80,7 @@ def test_http_matches_sam2(video_triton_server, clip: Path, reference) -> None:
         state = predictor.init_state(str(clip))
         ours = run_scenario(predictor, state, full=False)
         predictor.close_state(state)
-    assert [f for s, f, *_ in ours if s == "forward"] == [0, 1, 2]
+    assert [f for s, f, *_ in ours if s == "forward"] == [0, 1]  # one request of 2 steps
     _check(ours, reference)
 
 
@@ -138,13 +138,14 @@ def test_bad_requests_get_clear_errors(video_triton_server, clip: Path) -> None:
 
 
 def test_frames_not_uploaded_and_bad_ops_over_raw_triton(video_triton_server) -> None:
-    """Without the SDK: the model's own checks name the input and the problem."""
+    """Without the SDK: the model's own checks name the input and the problem (every tensor
+    carries Triton's batch dimension, [1, ...])."""
     client = grpcclient.InferenceServerClient(video_triton_server.grpc_url)
 
     def infer(**inputs: np.ndarray):
         tensors = []
         for name, value in inputs.items():
-            value = np.asarray(value)
+            value = np.asarray(value)[None]
             dtype = "BYTES" if value.dtype == object else grpcclient.np_to_triton_dtype(value.dtype)
             t = grpcclient.InferInput(name, list(value.shape), dtype)
             t.set_data_from_numpy(value)
@@ -158,7 +159,7 @@ def test_frames_not_uploaded_and_bad_ops_over_raw_triton(video_triton_server) ->
         num_frames=np.array([4], np.int32),
         video_hw=np.array([30, 40], np.int32),
     )
-    video_id = opened.as_numpy(vs.VIDEO_ID)[0]
+    video_id = opened.as_numpy(vs.VIDEO_ID)[0, 0]
     common = {"op": np.array([b"add_points"], object), "video_id": np.array([video_id], object)}
     with pytest.raises(Exception, match=vs.VIDEO_FRAME_MISSING):
         infer(

@@ -94,7 +94,7 @@ def test_idle_videos_expire_and_their_ids_are_unknown() -> None:
     with pytest.raises(TrackerError, match=vs.VIDEO_UNKNOWN):
         store.get(first.video_id)
     with pytest.raises(TrackerError, match="num_frames"):
-        store.open(0, (30, 40))
+        store.open(-1, (30, 40))
 
 
 def test_the_client_may_choose_the_id_once_and_only_a_well_formed_one() -> None:

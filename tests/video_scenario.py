@@ -51,7 +51,7 @@ def run_scenario(predictor: object, state: object, full: bool = True) -> list[tu
     reverse propagation, clearing a frame, a mask prompt, removing an object, reset.
 
     Returns ``(step, frame_idx, obj_ids, masks [O, 1, H, W])`` per returned frame. With
-    ``full=False``: the prompts on frame 0 and the first three frames of forward propagation
+    ``full=False``: the prompts on frame 0 and the first two frames of forward propagation
     (their results are the same as in the full run).
     """
     p, out = predictor, []
@@ -68,7 +68,7 @@ def run_scenario(predictor: object, state: object, full: bool = True) -> list[tu
             state, 0, 1, points=[[60, 70]], labels=np.array([0]), clear_old_points=False
         ),
     )
-    for result in p.propagate_in_video(state, max_frame_num_to_track=None if full else 2):
+    for result in p.propagate_in_video(state, max_frame_num_to_track=None if full else 1):
         rec("forward", result)
     if not full:
         return out

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sam2_triton import video_spec as vs
+
 from . import everything, visualize
 
 DEFAULT_FPS = 30.0
@@ -221,6 +223,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="track at most N frames after the start frame (SAM 2's max_frame_num_to_track; "
         "default: to the end of the video)",
+    )
+    p.add_argument(
+        "--window",
+        type=lambda t: _int(t, "--window", 0),
+        default=0,
+        metavar="W",
+        help="long videos: upload frames as they are tracked and let the server keep only the "
+        f"last W tracked frames (W >= {vs.MIN_VIDEO_WINDOW}; memory flat in the video's "
+        "length, same masks; forward only past the window). Default 0: the whole video",
     )
     o = parser.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
@@ -525,7 +536,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 # the frames opened above (load_video passes them through): a video file is
                 # not scanned twice, and the server gets exactly the frames checked here
-                state = predictor.init_state(frames)
+                state = predictor.init_state(frames, window=args.window)
                 for g in groups:
                     predictor.add_new_points_or_box(state, **g.kwargs())
                 with tqdm(total=total, unit="frame", desc="tracking", file=sys.stderr) as bar:

@@ -153,7 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sub = parser.add_subparsers(
         dest="bench_command",
-        metavar="{video}",
+        metavar="{video,video-scale}",
         help="optional: run another benchmark instead (its options follow it)",
     )
     from . import video_bench
@@ -164,6 +164,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description=video_bench.__doc__.split("\n\n")[0],
     )
     video_bench.add_arguments(video)
+    from . import video_scale_bench
+
+    scale = sub.add_parser(
+        "video-scale",
+        help="video at scale: objects x concurrent videos, memory over long videos, live streams",
+        description=video_scale_bench.__doc__.split("\n\n")[0],
+    )
+    video_scale_bench.add_arguments(scale)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,6 +181,11 @@ def run(args: argparse.Namespace) -> int:
 
         argv = sys.argv[sys.argv.index("video") + 1 :] if "video" in sys.argv else []
         return video_bench.run(args, argv)
+    if getattr(args, "bench_command", None) == "video-scale":
+        from . import video_scale_bench
+
+        argv = sys.argv[sys.argv.index("video-scale") + 1 :] if "video-scale" in sys.argv else []
+        return video_scale_bench.run(args, argv)
     log = Progress()
     if getattr(args, "only", None):
         args.skip = [

@@ -406,13 +406,36 @@ def has_video(repo: Path) -> bool:
 
 def ensure_video_export(work_dir: Path, seed: int, log) -> Path:
     """``sam2-triton export --variant tiny --random-weights --seed SEED --video`` into
-    ``work_dir``, reused when a previous run left a matching one there."""
+    ``work_dir``, reused when a previous run left a matching one there: same weights, and every
+    config file and ``model.py`` shim as the current export would write it (an older export's
+    configs, e.g. ``sam2_video`` before batching or no ``sam2_video_stream``, mean a re-export)."""
+    from sam2_triton_serve import repository
+
     repo = work_dir / f"{VARIANT}-seed{seed}-fp32"
-    m = read_manifest(repo)
-    w = (m or {}).get("weights", {})
+    m = read_manifest(repo) or {}
+    w = m.get("weights", {})
     if has_video(repo) and w.get("random") and w.get("seed") == seed:
-        log(f"reusing the video export in {repo}")
-        return repo
+        try:  # the options the export wrote its configs with, from its manifest
+            opts = repository.RepositoryOptions(
+                image_dtype=m.get("image_dtype", "float32"),
+                feature_dtype=m.get("feature_dtype", "float32"),
+                engine_cache_key=m.get("engine_cache_key", ""),
+            )
+            want = repository.config_files(opts, video=True)
+        except (TypeError, ValueError):
+            want = None
+        stale = ["the manifest's options"] if want is None else []
+        for rel, text in (want or {}).items():
+            try:
+                if (repo / rel).read_text() != text:
+                    stale.append(rel)
+            except (OSError, UnicodeDecodeError):
+                stale.append(rel)
+        if not stale:
+            log(f"reusing the video export in {repo}")
+            return repo
+        log(f"the cached export in {repo} is stale ({', '.join(stale[:4])}"
+            f"{', ...' if len(stale) > 4 else ''}): exporting again")  # fmt: skip
     cmd = [sys.executable, "-m", "sam2_triton_app.cli", "export", "--variant", VARIANT,
            "--random-weights", "--seed", str(seed), "--video", "--output", str(repo)]  # fmt: skip
     log(f"exporting {VARIANT} with --video into {repo} (cached for later runs; minutes)")

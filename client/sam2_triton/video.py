@@ -9,317 +9,38 @@ low-resolution logits, which are resized here to the video's size as SAM 2 does.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
 
-from . import _wire, spec
 from . import video_spec as vs
-from ._core import Compute, Flow, SAM2Core
+from ._core import Flow
 from ._video_stream import stream_async, stream_sync
 from .aio import AsyncSAM2Client
 from .client import SAM2Client
-from .errors import InferenceError, InvalidInputError
-from .video_io import VideoFrames, load_video
-from .video_transforms import mask_prompt_to_model, prompt_points, video_res_masks
+from .errors import InvalidInputError
+from .video_flows import (
+    Result,
+    VideoState,
+    add_mask_flow,
+    add_points_flow,
+    clear_flow,
+    close_flow,
+    frame_result,
+    init_flow,
+    open_stream_flow,
+    propagate_step_flow,
+    propagation_args,
+    remove_flow,
+    reset_flow,
+    track_frame_flow,
+    window_step_flow,
+)
 
-UPLOAD_BATCH = 2  # frames per add_frames request (6 MB)
+__all__ = ["AsyncSAM2VideoPredictor", "SAM2VideoPredictor", "VideoState"]
+
 DEFAULT_TIMEOUT_S = 600.0  # a propagation step runs every object's networks on a frame
-
-Result = tuple[int, list[int], np.ndarray]
-
-
-@dataclass
-class VideoState:
-    """The client's handle of one video on the server (SAM 2's ``inference_state``).
-
-    ``state["num_frames"]``, ``state["video_height"]``, ``state["video_width"]`` and
-    ``state["obj_ids"]`` read as in SAM 2. ``frames`` gives the original frames (for overlays).
-    """
-
-    video_id: str
-    num_frames: int
-    video_height: int
-    video_width: int
-    frames: VideoFrames
-    obj_ids: list[int] = field(default_factory=list)
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in ("num_frames", "video_height", "video_width", "obj_ids", "video_id"):
-            raise KeyError(key)
-        return getattr(self, key)
-
-    @property
-    def video_hw(self) -> tuple[int, int]:
-        return (self.video_height, self.video_width)
-
-
-# --- flows --------------------------------------------------------------------------------------
-def _request(
-    core: SAM2Core, model: str, op: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]
-) -> Flow[dict[str, np.ndarray]]:
-    """One ``sam2_video`` request; its outputs as numpy arrays."""
-    tensors = [_wire.bytes_input(core.mod, vs.VIDEO_OP, op.encode())]
-    for name, value in inputs.items():
-        if name == vs.VIDEO_ID:
-            tensors.append(_wire.bytes_input(core.mod, name, str(value).encode()))
-        else:
-            tensors.append(_wire.data_input(core.mod, name, np.asarray(value)))
-    video_id = inputs.get(vs.VIDEO_ID)
-    route = None if video_id is None else {spec.SESSION_ROUTING_HEADER: str(video_id)}
-    result = yield core.call(
-        "infer",
-        model,
-        extra_headers=route,
-        model_name=model,
-        inputs=tensors,
-        outputs=_wire.requested_outputs(core.mod, outputs),
-    )
-    out = {}
-    for name in outputs:
-        value = result.as_numpy(name)
-        if value is None:
-            raise InferenceError(f"{model} returned no {name!r} for op {op!r}")
-        out[name] = value
-    return out
-
-
-def _i32(value: int) -> np.ndarray:
-    return np.array([int(value)], np.int32)
-
-
-def _flag(value: bool) -> np.ndarray:
-    return np.array([bool(value)], np.bool_)
-
-
-def _check_frame(state: VideoState, frame_idx: int, name: str = "frame_idx") -> int:
-    if isinstance(frame_idx, bool) or not isinstance(frame_idx, (int, np.integer)):
-        raise InvalidInputError(f"{name} must be an int, got {type(frame_idx).__name__}")
-    if not 0 <= frame_idx < state.num_frames:
-        raise InvalidInputError(
-            f"{name} {frame_idx} is out of range: the video has {state.num_frames} frames"
-        )
-    return int(frame_idx)
-
-
-def _check_obj(obj_id: int) -> int:
-    if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)):
-        raise InvalidInputError(f"obj_id must be an int, got {type(obj_id).__name__}")
-    if not -(2**31) <= obj_id < 2**31:
-        raise InvalidInputError(f"obj_id must fit in int32, got {obj_id}")
-    return int(obj_id)
-
-
-def init_flow(core: SAM2Core, model: str, video_path: object) -> Flow[VideoState]:
-    frames = yield Compute(load_video, (video_path,))
-    n = len(frames)
-    hw = np.array([frames.video_height, frames.video_width], np.int32)
-    proposed = secrets.token_hex(vs.VIDEO_ID_LEN // 2)
-    out = yield from _request(
-        core,
-        model,
-        "open",
-        {vs.VIDEO_ID: proposed, vs.NUM_FRAMES: _i32(n), vs.VIDEO_HW: hw},
-        [vs.VIDEO_ID],
-    )
-    raw = out[vs.VIDEO_ID].reshape(-1)[0]
-    video_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-    state = VideoState(video_id, n, frames.video_height, frames.video_width, frames)
-    for start in range(0, n, UPLOAD_BATCH):
-        stop = min(start + UPLOAD_BATCH, n)
-        batch = yield Compute(_model_inputs, (frames, start, stop))
-        yield from _request(
-            core,
-            model,
-            "add_frames",
-            {vs.VIDEO_ID: video_id, vs.FRAME_IDX: _i32(start), vs.FRAMES: batch},
-            [vs.FRAMES_HELD],
-        )
-    return state
-
-
-def _model_inputs(frames: VideoFrames, start: int, stop: int) -> np.ndarray:
-    return np.stack([frames.model_input(i) for i in range(start, stop)])
-
-
-def _frame_result(
-    state: VideoState, out: dict[str, np.ndarray]
-) -> Flow[list[tuple[int, np.ndarray]]]:
-    state.obj_ids = [int(i) for i in out[vs.OBJ_IDS].reshape(-1)]
-    frames = [int(f) for f in out[vs.FRAME_IDXS].reshape(-1)]
-    masks = out[vs.MASKS]
-    if masks.shape[:2] != (len(frames), len(state.obj_ids)):
-        raise InferenceError(
-            f"sam2_video returned masks {list(masks.shape)} for {len(frames)} frames and "
-            f"{len(state.obj_ids)} objects"
-        )
-    result = []
-    for k, frame_idx in enumerate(frames):
-        video_masks = yield Compute(video_res_masks, (masks[k], state.video_hw))
-        result.append((frame_idx, video_masks))
-    return result
-
-
-FRAME_OUTPUTS = (vs.FRAME_IDXS, vs.OBJ_IDS, vs.MASKS)
-
-
-def add_points_flow(
-    core: SAM2Core,
-    model: str,
-    state: VideoState,
-    frame_idx: int,
-    obj_id: int,
-    points: object,
-    labels: object,
-    clear_old_points: bool,
-    normalize_coords: bool,
-    box: object,
-) -> Flow[Result]:
-    frame_idx = _check_frame(state, frame_idx)
-    obj_id = _check_obj(obj_id)
-    if box is not None and not clear_old_points:
-        raise InvalidInputError(
-            "cannot add box without clearing old points, since box prompt must be provided "
-            "before any point prompt (please use clear_old_points=True instead)"
-        )
-    coords, labs = prompt_points(points, labels, box, state.video_hw, normalize_coords)
-    out = yield from _request(
-        core,
-        model,
-        "add_points",
-        {
-            vs.VIDEO_ID: state.video_id,
-            vs.FRAME_IDX: _i32(frame_idx),
-            vs.OBJ_ID: _i32(obj_id),
-            vs.PROMPT_COORDS: coords,
-            vs.PROMPT_LABELS: labs,
-            vs.CLEAR_OLD_POINTS: _flag(clear_old_points),
-        },
-        FRAME_OUTPUTS,
-    )
-    ((frame, masks),) = yield from _frame_result(state, out)
-    return frame, list(state.obj_ids), masks
-
-
-def add_mask_flow(
-    core: SAM2Core, model: str, state: VideoState, frame_idx: int, obj_id: int, mask: object
-) -> Flow[Result]:
-    frame_idx = _check_frame(state, frame_idx)
-    obj_id = _check_obj(obj_id)
-    model_mask = yield Compute(mask_prompt_to_model, (mask,))
-    out = yield from _request(
-        core,
-        model,
-        "add_mask",
-        {
-            vs.VIDEO_ID: state.video_id,
-            vs.FRAME_IDX: _i32(frame_idx),
-            vs.OBJ_ID: _i32(obj_id),
-            vs.PROMPT_MASK: model_mask,
-        },
-        FRAME_OUTPUTS,
-    )
-    ((frame, masks),) = yield from _frame_result(state, out)
-    return frame, list(state.obj_ids), masks
-
-
-def clear_flow(
-    core: SAM2Core, model: str, state: VideoState, frame_idx: int, obj_id: int
-) -> Flow[Result]:
-    frame_idx = _check_frame(state, frame_idx)
-    out = yield from _request(
-        core,
-        model,
-        "clear_frame",
-        {
-            vs.VIDEO_ID: state.video_id,
-            vs.FRAME_IDX: _i32(frame_idx),
-            vs.OBJ_ID: _i32(_check_obj(obj_id)),
-        },
-        FRAME_OUTPUTS,
-    )
-    ((frame, masks),) = yield from _frame_result(state, out)
-    return frame, list(state.obj_ids), masks
-
-
-def remove_flow(
-    core: SAM2Core, model: str, state: VideoState, obj_id: int, strict: bool
-) -> Flow[tuple[list[int], list[tuple[int, np.ndarray]]]]:
-    out = yield from _request(
-        core,
-        model,
-        "remove_object",
-        {
-            vs.VIDEO_ID: state.video_id,
-            vs.OBJ_ID: _i32(_check_obj(obj_id)),
-            vs.STRICT: _flag(strict),
-        },
-        FRAME_OUTPUTS,
-    )
-    updated = yield from _frame_result(state, out)
-    return list(state.obj_ids), updated
-
-
-def reset_flow(core: SAM2Core, model: str, state: VideoState) -> Flow[None]:
-    yield from _request(core, model, "reset", {vs.VIDEO_ID: state.video_id}, [vs.OBJ_IDS])
-    state.obj_ids = []
-
-
-def close_flow(core: SAM2Core, model: str, state: VideoState) -> Flow[None]:
-    yield from _request(core, model, "close", {vs.VIDEO_ID: state.video_id}, [vs.VIDEO_ID])
-
-
-def propagation_args(
-    state: VideoState, start_frame_idx: int | None, max_frame_num_to_track: int | None
-) -> tuple[int, int]:
-    """``propagate_in_video``'s arguments on the wire (-1: SAM 2's default), checked."""
-    start = (
-        -1 if start_frame_idx is None else _check_frame(state, start_frame_idx, "start_frame_idx")
-    )
-    if max_frame_num_to_track is None:
-        return start, -1
-    if (
-        isinstance(max_frame_num_to_track, (int, np.integer))
-        and not isinstance(max_frame_num_to_track, bool)
-        and max_frame_num_to_track >= 0
-    ):
-        return start, int(max_frame_num_to_track)
-    raise InvalidInputError(
-        f"max_frame_num_to_track must be None or an int >= 0, got {max_frame_num_to_track!r}"
-    )
-
-
-def propagate_step_flow(
-    core: SAM2Core,
-    model: str,
-    state: VideoState,
-    first: tuple[int, int, bool] | None,
-    steps: int,
-) -> Flow[tuple[list[tuple[int, np.ndarray]], bool]]:
-    """One stepped propagation request ("propagate" with ``first`` = (start, max_frames,
-    reverse), else "propagate_next"): its frames (video-size logits) and whether done."""
-    inputs: dict[str, Any] = {vs.VIDEO_ID: state.video_id, vs.STEPS: _i32(steps)}
-    if first is not None:
-        start, max_frames, reverse = first
-        inputs.update(
-            {
-                vs.START_FRAME_IDX: _i32(start),
-                vs.MAX_FRAMES: _i32(max_frames),
-                vs.REVERSE: _flag(reverse),
-            }
-        )
-    out = yield from _request(
-        core,
-        model,
-        "propagate" if first is not None else "propagate_next",
-        inputs,
-        (*FRAME_OUTPUTS, vs.DONE),
-    )
-    frames = yield from _frame_result(state, out)
-    return frames, bool(out[vs.DONE].reshape(-1)[0])
 
 
 def _streams(protocol: str, stream: bool | None) -> bool:
@@ -387,13 +108,36 @@ class SAM2VideoPredictor:
         offload_video_to_cpu: bool = False,
         offload_state_to_cpu: bool = False,
         async_loading_frames: bool = False,
+        *,
+        window: int = 0,
     ) -> VideoState:
         """Open ``video_path`` on the server: a folder of JPEG frames (as SAM 2 reads it), a
         video file (decoded by PyAV), or a list of ``H x W x 3`` uint8 RGB frames. The
         ``offload_*``/``async_loading_frames`` options are SAM 2's memory placement switches;
         they do not change results and are accepted for compatibility (frames and state live on
-        the server)."""
-        return self._run(init_flow(self.client._core, self.model, video_path))
+        the server).
+
+        ``window`` (>= ``video_spec.MIN_VIDEO_WINDOW``) is for videos of any length: nothing is
+        uploaded up front, frames go up as they are prompted and tracked, and the server keeps
+        only the last ``window`` tracked frames (plus every prompted frame's output), so its
+        memory does not grow with the video. Tracking gives SAM 2's masks; prompting or
+        starting a propagation on a frame behind the window is refused ("frame released")."""
+        return self._run(init_flow(self.client._core, self.model, video_path, window))
+
+    def init_stream(
+        self, video_height: int, video_width: int, window: int = vs.MIN_VIDEO_WINDOW
+    ) -> VideoState:
+        """Open a live stream (a camera) of ``video_height x video_width`` frames: send each
+        frame with ``track_frame`` as it arrives; prompt any held frame (the last ``window``)
+        with ``add_new_points_or_box`` / ``add_new_mask``, objects may join at any time."""
+        return self._run(
+            open_stream_flow(self.client._core, self.model, (video_height, video_width), window)
+        )
+
+    def track_frame(self, inference_state: VideoState, frame: np.ndarray) -> Result:
+        """Append the next live frame (``[H, W, 3]`` uint8 RGB) and track every object on it:
+        ``(frame_idx, obj_ids, masks [O, 1, H, W])``; O = 0 before the first prompt."""
+        return self._run(track_frame_flow(self.client._core, self.model, inference_state, frame))
 
     def add_new_points_or_box(
         self,
@@ -448,14 +192,25 @@ class SAM2VideoPredictor:
             inference_state, start_frame_idx, max_frame_num_to_track
         )
         core = self.client._core
+        if inference_state.window:  # frame by frame, uploading each ahead of its step
+            first: tuple[int, int, bool] | None = (start, max_frames, reverse)
+            last, done = None, False
+            while not done:
+                frames, done = self._run(
+                    window_step_flow(core, self.model, inference_state, first, last, reverse)
+                )
+                first = None
+                for last, masks in frames:
+                    yield last, list(inference_state.obj_ids), masks
+            return
         if self.stream:
             for out in stream_sync(
                 core, self.stream_model, inference_state.video_id, start, max_frames, reverse
             ):
-                for frame_idx, masks in self._run(_frame_result(inference_state, out)):
+                for frame_idx, masks in self._run(frame_result(inference_state, out)):
                     yield frame_idx, list(inference_state.obj_ids), masks
             return
-        first: tuple[int, int, bool] | None = (start, max_frames, reverse)
+        first = (start, max_frames, reverse)
         done = False
         while not done:
             frames, done = self._run(
@@ -532,9 +287,23 @@ class AsyncSAM2VideoPredictor:
         self.stream = _streams(client.config.protocol, stream)
         self.propagate_steps = propagate_steps
 
-    async def init_state(self, video_path: object) -> VideoState:
+    async def init_state(self, video_path: object, *, window: int = 0) -> VideoState:
         """See ``SAM2VideoPredictor.init_state``."""
-        return await self.client._run(init_flow(self.client._core, self.model, video_path))
+        return await self.client._run(init_flow(self.client._core, self.model, video_path, window))
+
+    async def init_stream(
+        self, video_height: int, video_width: int, window: int = vs.MIN_VIDEO_WINDOW
+    ) -> VideoState:
+        """See ``SAM2VideoPredictor.init_stream``."""
+        return await self.client._run(
+            open_stream_flow(self.client._core, self.model, (video_height, video_width), window)
+        )
+
+    async def track_frame(self, inference_state: VideoState, frame: np.ndarray) -> Result:
+        """See ``SAM2VideoPredictor.track_frame``."""
+        return await self.client._run(
+            track_frame_flow(self.client._core, self.model, inference_state, frame)
+        )
 
     async def add_new_points_or_box(
         self,
@@ -583,6 +352,17 @@ class AsyncSAM2VideoPredictor:
             inference_state, start_frame_idx, max_frame_num_to_track
         )
         core = self.client._core
+        if inference_state.window:
+            first: tuple[int, int, bool] | None = (start, max_frames, reverse)
+            last, done = None, False
+            while not done:
+                frames, done = await self.client._run(
+                    window_step_flow(core, self.model, inference_state, first, last, reverse)
+                )
+                first = None
+                for last, masks in frames:
+                    yield last, list(inference_state.obj_ids), masks
+            return
         if self.stream:
             async for out in stream_async(
                 core,
@@ -593,7 +373,7 @@ class AsyncSAM2VideoPredictor:
                 reverse,
                 inference_state.num_frames,
             ):
-                for frame_idx, masks in await self.client._run(_frame_result(inference_state, out)):
+                for frame_idx, masks in await self.client._run(frame_result(inference_state, out)):
                     yield frame_idx, list(inference_state.obj_ids), masks
             return
         first: tuple[int, int, bool] | None = (start, max_frames, reverse)

@@ -36,7 +36,7 @@ from PIL import Image
 from . import spec
 from .errors import InvalidImageError, InvalidInputError
 
-__all__ = ["JPEG_EXTENSIONS", "VideoFrames", "load_video", "VideoSource"]
+__all__ = ["JPEG_EXTENSIONS", "VideoFrames", "frame_model_input", "load_video", "VideoSource"]
 
 #: the frame extensions SAM 2's JPEG-folder loader lists (case-sensitive, as SAM 2)
 JPEG_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")
@@ -275,6 +275,19 @@ def _check_arrays(frames: Sequence[np.ndarray]) -> tuple[int, int]:
             )
     assert hw is not None
     return int(hw[0]), int(hw[1])
+
+
+def frame_model_input(
+    frame: np.ndarray, video_hw: tuple[int, int], image_size: int = spec.IMAGE_SIZE
+) -> np.ndarray:
+    """One live frame ``[H, W, 3]`` uint8 RGB of a video of size ``video_hw`` as the model input
+    uint8 ``[3, image_size, image_size]`` (the resize of :func:`load_video`'s array source)."""
+    (h, w) = _check_arrays([frame])
+    if (h, w) != tuple(video_hw):
+        raise InvalidImageError(
+            f"frame is {h}x{w} (HxW), expected {video_hw[0]}x{video_hw[1]}: the stream's size"
+        )
+    return _to_model(Image.fromarray(np.ascontiguousarray(frame)), image_size)
 
 
 def load_video(video_path: VideoSource, image_size: int = spec.IMAGE_SIZE) -> VideoFrames:

@@ -34,6 +34,9 @@ MAX_MEMORIES = MAX_COND_FRAMES + NUM_MASKMEM - 1  # memory attention's M
 MAX_OBJ_PTRS = MAX_COND_FRAMES + 15  # P: every conditioning pointer + 15 recent ones
 MAX_OBJECTS_PER_CALL = 8  # B of one graph call
 MAX_VIDEO_FRAMES = 100_000
+# A windowed video (open with "window" W) keeps the outputs and frames of its last W tracked
+# frames only; forward tracking reads the last 15 frames' pointers, so W >= 16.
+MIN_VIDEO_WINDOW = 16
 
 # graph tensors (names as exported)
 IMAGE = "image"  # [B, 3, 1024, 1024] uint8 RGB, resized as SAM 2's video loader does
@@ -65,9 +68,12 @@ NO_OBJ_PTR = "no_obj_ptr"  # [256]: SAM 2's no_obj_ptr (a constant of the weight
 # One request = one operation on one video; every input but "op" is optional and "op" says which
 # are used. Frame indices, object ids and counts are int32 [1]; flags are bool [1].
 #
-#   "open"        num_frames, video_hw [2] (H, W of the original video), video_id (optional: the
-#                 client's random id, VIDEO_ID_PATTERN; absent: the server picks one) -> video_id;
-#                 frames are then uploaded with "add_frames"
+#   "open"        num_frames (0: open-ended, a live stream: frames are appended), video_hw [2]
+#                 (H, W of the original video), video_id (optional: the client's random id,
+#                 VIDEO_ID_PATTERN; absent: the server picks one), window (optional: 0 keeps
+#                 every frame; W >= MIN_VIDEO_WINDOW keeps only the last W tracked frames and
+#                 the conditioning outputs, so that memory does not grow with the length)
+#                 -> video_id; frames are then uploaded with "add_frames" (or "track")
 #   "add_frames"  video_id, frame_idx (index of frames[0]), frames uint8 [F, 3, 1024, 1024]
 #   "add_points"  video_id, frame_idx, obj_id, point_coords [P, 2] (model frame: SAM 2's
 #                 normalize-and-scale already applied), point_labels [P] int32 (a box is its two
@@ -81,8 +87,19 @@ NO_OBJ_PTR = "no_obj_ptr"  # [256]: SAM 2's no_obj_ptr (a constant of the weight
 #                 steps (frames to compute in this call) -> frame_idxs [K], obj_ids, masks
 #                 [K, O, 1, 256, 256], done; then "propagate_next" video_id, steps continues the
 #                 same propagation (any other operation on the video ends it).
+#   "track"       video_id, frames [F, 3, 1024, 1024] (optional), frame_idx (where frames[0]
+#                 goes; an open-ended video appends by default) -> frame_idxs [F], obj_ids, masks
+#                 [F, O, 1, 256, 256]: uploads the frames and tracks them forward (after the
+#                 preflight of new prompts); without frames, tracks the held frame frame_idx.
+#                 With no object yet, frames are kept and O = 0.
 #   "close"       video_id
-#   "info"        video_id -> num_frames, video_hw, frames_held, obj_ids
+#   "info"        video_id -> num_frames, video_hw, frames_held, obj_ids, held_bytes (frames,
+#                 features, outputs of this video), first_held_frame (window: the earlier
+#                 frames were released)
+#
+# sam2_video has Triton's batch dimension (max_batch_size > 0, every input ragged): each
+# tensor above travels as [1, ...], so that Triton's dynamic batcher can hand several videos'
+# requests to one execute, which tracks them together.
 #
 # masks are SAM 2's low-resolution logits (256 x 256, NO_OBJ_SCORE for an object without output on
 # a frame); the client resizes them to the video's size exactly as _get_orig_video_res_output does.
@@ -98,6 +115,7 @@ VIDEO_OPS = (
     "reset",
     "propagate",
     "propagate_next",
+    "track",
     "close",
     "info",
 )
@@ -121,12 +139,15 @@ START_FRAME_IDX = "start_frame_idx"
 MAX_FRAMES = "max_frames"
 REVERSE = "reverse"
 STEPS = "steps"
+WINDOW = "window"
 # outputs
 OBJ_IDS = "obj_ids"
 FRAME_IDXS = "frame_idxs"
 MASKS = "masks"
 DONE = "done"
 FRAMES_HELD = "frames_held"
+HELD_BYTES = "held_bytes"
+FIRST_HELD_FRAME = "first_held_frame"
 
 # ``sam2_video_stream`` (decoupled, gRPC streaming): one "propagate" request (the inputs of
 # "propagate" above, without steps) -> one response per frame as it is computed (frame_idxs [1],
@@ -143,6 +164,7 @@ VIDEO_FRAME_MISSING = "frame not uploaded"  # INVALID_ARG
 VIDEO_UNKNOWN_OBJECT = "unknown object id"  # INVALID_ARG
 VIDEO_NO_PROMPTS = "no prompts"  # INVALID_ARG: propagate before any click, box or mask
 VIDEO_OVER_BUDGET = "video budget exceeded"  # UNAVAILABLE: frames or videos over the budget
+VIDEO_FRAME_RELEASED = "frame released"  # INVALID_ARG: before a windowed video's window
 
 
 def video_inputs() -> tuple[TensorSpec, ...]:
@@ -164,6 +186,7 @@ def video_inputs() -> tuple[TensorSpec, ...]:
         TensorSpec(MAX_FRAMES, "int32", (1,)),
         TensorSpec(REVERSE, "bool", (1,)),
         TensorSpec(STEPS, "int32", (1,)),
+        TensorSpec(WINDOW, "int32", (1,)),
     )
 
 
@@ -189,4 +212,6 @@ def video_outputs() -> tuple[TensorSpec, ...]:
         TensorSpec(NUM_FRAMES, "int32", (1,)),
         TensorSpec(VIDEO_HW, "int32", (2,)),
         TensorSpec(FRAMES_HELD, "int32", (1,)),
+        TensorSpec(HELD_BYTES, "int64", (1,)),
+        TensorSpec(FIRST_HELD_FRAME, "int32", (1,)),
     )

@@ -135,6 +135,15 @@ class RepositoryOptions:
         across all videos (4 GiB; a frame is 3 MiB of uint8 pixels, its features ~21 MB FP32).
     max_videos: ``sam2_video``: videos open at once.
     video_idle_ttl_s: ``sam2_video``: a video untouched for this long is closed.
+    video_request_batching: ``sam2_video``: Triton's dynamic batcher hands it every request
+        that queued while it was busy, and it tracks concurrent videos' frames together (off:
+        one request per execute). video_max_requests: the most requests of one execute.
+        video_queue_delay_us: how long the batcher waits for more requests (clients that send
+        their next step as soon as they get an answer arrive a few ms after the batch left;
+        without a delay two such clients alternate and never share an execute).
+    video_attention_batch_bytes: ``sam2_video``: bytes of attention matrices (4096 queries x
+        keys, float32; ~470 MB per object at 7 memories) one memory attention call may hold.
+        The CPU is compute-bound there (a batch only adds memory): ``cpu_video_attention_...``.
     """
 
     image_dtype: str = "float32"
@@ -157,6 +166,11 @@ class RepositoryOptions:
     video_frame_budget_bytes: int = 4 << 30
     max_videos: int = 8
     video_idle_ttl_s: int = 3600
+    video_request_batching: bool = True
+    video_max_requests: int = 8
+    video_queue_delay_us: int = 5000
+    video_attention_batch_bytes: int = 8 << 30
+    cpu_video_attention_batch_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         if self.image_dtype not in ("float32", "float16", "uint8"):
@@ -197,9 +211,16 @@ class RepositoryOptions:
             "video_frame_budget_bytes",
             "max_videos",
             "video_idle_ttl_s",
+            "video_max_requests",
+            "video_attention_batch_bytes",
+            "cpu_video_attention_batch_bytes",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.video_queue_delay_us) < 0:
+            raise ValueError(
+                f"video_queue_delay_us must be >= 0, got {self.video_queue_delay_us!r}"
+            )
 
 
 def _tensor(t: spec.TensorSpec, batched: bool, io: type) -> object:
@@ -657,22 +678,39 @@ def video_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) ->
     One instance on the CPU (KIND_CPU) on both flavours: the videos (frames, features, memories)
     live in its process, so a second instance would not know the first one's video ids; the
     graphs it calls run on the GPU. Not decoupled: one response per request (``propagate``
-    returns ``steps`` frames, then ``propagate_next`` continues).
+    returns ``steps`` frames, then ``propagate_next`` continues). Triton's batch dimension with
+    every input ragged: the dynamic batcher (``video_request_batching``) hands the instance the
+    requests that queued meanwhile (or arrive within ``video_queue_delay_us``), whatever their
+    shapes, and concurrent videos are tracked together.
     """
     _check_flavour(flavour)
-    cfg = mc.ModelConfig(name=video_spec.VIDEO_MODEL, max_batch_size=0, backend="python")
+    cfg = mc.ModelConfig(
+        name=video_spec.VIDEO_MODEL, max_batch_size=opts.video_max_requests, backend="python"
+    )
     for t in video_spec.video_inputs():
         cfg.input.append(
             mc.ModelInput(
-                name=t.name, data_type=_DTYPES[t.dtype], dims=list(t.shape), optional=True
+                name=t.name,
+                data_type=_DTYPES[t.dtype],
+                dims=list(t.shape),
+                optional=True,
+                allow_ragged_batch=True,
             )
         )
     cfg.output.extend(_tensor(t, False, mc.ModelOutput) for t in video_spec.video_outputs())
     cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    if opts.video_request_batching:
+        cfg.dynamic_batching.max_queue_delay_microseconds = opts.video_queue_delay_us
+    attention = (
+        opts.video_attention_batch_bytes
+        if flavour == "gpu"
+        else opts.cpu_video_attention_batch_bytes
+    )
     for key, value in {
         "video_frame_budget_bytes": str(opts.video_frame_budget_bytes),
         "max_videos": str(opts.max_videos),
         "video_idle_ttl_s": str(opts.video_idle_ttl_s),
+        "attention_batch_bytes": str(attention),
     }.items():
         cfg.parameters[key].string_value = value
     return cfg

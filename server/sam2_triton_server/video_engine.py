@@ -3,22 +3,48 @@
 ``VideoTracker`` holds one video's prompts and per-object memory bank and mirrors
 ``sam2.sam2_video_predictor.SAM2VideoPredictor`` (SAM 2.1 configs, ``build_sam2_video_predictor``
 defaults) method by method; each method names the SAM 2 code it reproduces. The networks run
-through a ``GraphRunner`` (BLS inside Triton, onnxruntime in tests), one object per call as
-SAM 2.1 does. Masks are returned at low resolution (``[O, 1, 256, 256]`` float32 logits); the
+through a ``GraphRunner`` (BLS inside Triton, onnxruntime in tests). Prompts run one object per
+call as SAM 2.1 does; propagation (``track_frames``) runs every object of one or several videos
+as batched calls (SAM 2.1 loops over objects; batch rows do not interact, so the masks are the
+same). Masks are returned at low resolution (``[O, 1, 256, 256]`` float32 logits); the
 client resizes them to the video exactly as ``_get_orig_video_res_output``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from sam2_triton import spec
 from sam2_triton import video_spec as vs
-from sam2_triton.video_transforms import antialias_resize, round_to_bfloat16
+from sam2_triton.video_transforms import antialias_resize
+
+from .video_graphs import (
+    DEFAULT_ATTENTION_BATCH_BYTES,
+    DecodeItem,
+    FrameFeatures,
+    FrameOut,
+    GraphRunner,
+    MemoryInputs,
+    attend,
+    decode,
+    encode_frames,
+    encode_memories,
+)
+
+__all__ = [
+    "FrameFeatures",
+    "FrameOut",
+    "GraphRunner",
+    "TrackJob",
+    "TrackerError",
+    "VideoTracker",
+    "encode_frame",
+    "memory_selection",
+    "track_frames",
+]
 
 # SAM 2.1's configs (the same for every size) with build_sam2_video_predictor's overrides
 NUM_MASKMEM = vs.NUM_MASKMEM
@@ -38,64 +64,9 @@ class TrackerError(Exception):
         self.kind = kind
 
 
-class GraphRunner(Protocol):
-    """Runs one exported graph: named float/int arrays in, the named outputs out."""
-
-    def __call__(
-        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]
-    ) -> dict[str, np.ndarray]: ...
-
-
-@dataclass(frozen=True)
-class FrameFeatures:
-    """One frame's encoder outputs, each ``[1, C, H, W]`` float32 (``video_spec`` names)."""
-
-    image_embed: np.ndarray
-    high_res_feats_0: np.ndarray
-    high_res_feats_1: np.ndarray
-    vision_feat: np.ndarray
-
-    @property
-    def nbytes(self) -> int:
-        return sum(
-            a.nbytes
-            for a in (
-                self.image_embed,
-                self.high_res_feats_0,
-                self.high_res_feats_1,
-                self.vision_feat,
-            )
-        )
-
-
 def encode_frame(run: GraphRunner, image: np.ndarray) -> FrameFeatures:
-    """Features of one frame ``image`` uint8 ``[3, 1024, 1024]`` (``forward_image`` +
-    ``_prepare_backbone_features`` of ``SAM2VideoPredictor._get_image_feature``)."""
-    names = [vs.IMAGE_EMBED, vs.HIGH_RES_FEATS_0, vs.HIGH_RES_FEATS_1, vs.VISION_FEAT]
-    out = run(vs.VIDEO_IMAGE_ENCODER_MODEL, {vs.IMAGE: image[None]}, names)
-    return FrameFeatures(*(np.asarray(out[n], np.float32) for n in names))
-
-
-@dataclass
-class FrameOut:
-    """SAM 2's compact per-frame output of one object (``_run_single_frame_inference``)."""
-
-    pred_masks: np.ndarray  # [1, 1, 256, 256] float32
-    obj_ptr: np.ndarray  # [1, 256] float32
-    object_score_logits: np.ndarray  # [1, 1] float32
-    maskmem_bf16: np.ndarray | None = None  # [1, 64, 64, 64] uint16: the bfloat16 bits
-
-    @property
-    def maskmem_features(self) -> np.ndarray | None:
-        """The memory features as float32 ``[1, 64, 64, 64]`` (exact: bfloat16 widened)."""
-        if self.maskmem_bf16 is None:
-            return None
-        return (self.maskmem_bf16.astype(np.uint32) << 16).view(np.float32)
-
-    @property
-    def nbytes(self) -> int:
-        mem = 0 if self.maskmem_bf16 is None else self.maskmem_bf16.nbytes
-        return self.pred_masks.nbytes + self.obj_ptr.nbytes + self.object_score_logits.nbytes + mem
+    """Features of one frame ``image`` uint8 ``[3, 1024, 1024]`` (see ``encode_frames``)."""
+    return encode_frames(run, [image])[0]
 
 
 @dataclass
@@ -183,13 +154,27 @@ class VideoTracker:
         run: GraphRunner,
         features: Callable[[int], FrameFeatures],
         num_frames: int,
+        open_ended: bool = False,
+        window: int = 0,
+        attention_batch_bytes: int = DEFAULT_ATTENTION_BATCH_BYTES,
     ) -> None:
         self.run = run
+        self.attention_batch_bytes = attention_batch_bytes
         self.features = features
         self.num_frames = num_frames
+        self.open_ended = open_ended  # a live stream: num_frames grows as frames arrive
+        self.window = window  # 0: keep every output; else the last `window` tracked frames
+        self.released_before = 0  # window: outputs of earlier frames are forgotten
         self.obj_ids: list[int] = []
         self.objects: list[ObjectState] = []
-        self._no_obj_ptr: np.ndarray | None = None
+
+    @property
+    def selection_frames(self) -> int:
+        """``num_frames`` as the memory selection sees it: an open-ended video (a live stream)
+        tracks as SAM 2 does on any video of at least ``MAX_OBJ_PTRS_IN_ENCODER`` frames."""
+        if self.open_ended:
+            return max(self.num_frames, MAX_OBJ_PTRS_IN_ENCODER)
+        return self.num_frames
 
     # --- object ids (_obj_id_to_idx) ---------------------------------------------------------
     def obj_idx(self, obj_id: int, create: bool = True) -> int:
@@ -207,6 +192,44 @@ class VideoTracker:
         if not 0 <= frame_idx < self.num_frames:
             raise TrackerError(
                 vs.VIDEO_BAD_FRAME, f"frame_idx {frame_idx}; the video has {self.num_frames} frames"
+            )
+        if frame_idx < self.released_before:
+            raise TrackerError(
+                vs.VIDEO_FRAME_RELEASED,
+                f"frame {frame_idx}: this video keeps its last {self.window} tracked frames "
+                f"(window); frames before {self.released_before} were released",
+            )
+
+    # --- what is kept (window) -------------------------------------------------------------------
+    def retire(self, last_tracked: int) -> int:
+        """With a window: forget the outputs of frames more than ``window`` frames before
+        ``last_tracked`` (conditioning outputs stay: every later frame attends to them). Forward
+        tracking reads the last ``MAX_OBJ_PTRS_IN_ENCODER - 1`` frames (memories of 6, pointers
+        of 15), so a window of at least ``video_spec.MIN_VIDEO_WINDOW`` never forgets what the
+        next frame reads. Returns the first frame still held."""
+        if not self.window:
+            return 0
+        before = last_tracked - self.window + 1
+        if before <= self.released_before:
+            return self.released_before
+        for obj in self.objects:
+            for held in (obj.non_cond, obj.tracked, obj.temp_non_cond):
+                for frame_idx in [t for t in held if t < before]:
+                    del held[frame_idx]
+        self.released_before = before
+        return before
+
+    def _check_reads(self, frame_idx: int, reverse: bool) -> None:
+        """Refuse to track a frame whose memories were released (never a silently different
+        mask): forward tracking reads the ``MAX_OBJ_PTRS_IN_ENCODER - 1`` frames before it."""
+        if reverse or not self.released_before:
+            return
+        if frame_idx - (MAX_OBJ_PTRS_IN_ENCODER - 1) < self.released_before:
+            raise TrackerError(
+                vs.VIDEO_FRAME_RELEASED,
+                f"tracking frame {frame_idx} reads the outputs of frames "
+                f"{max(frame_idx - MAX_OBJ_PTRS_IN_ENCODER + 1, 0)}..{frame_idx - 1}; frames "
+                f"before {self.released_before} were released (window {self.window})",
             )
 
     @property
@@ -342,27 +365,9 @@ class VideoTracker:
         mask_input: np.ndarray | None,
         multimask: bool,
     ) -> FrameOut:
-        """``_forward_sam_heads`` (prompt encoder, mask decoder, token choice, object pointer)."""
-        if points is None:  # "no click": one point (0, 0) labelled -1
-            coords, labels = np.zeros((1, 1, 2), np.float32), -np.ones((1, 1), np.int32)
-        else:
-            coords, labels = points.coords, points.labels
-        has_mask = mask_input is not None
-        inputs = {
-            vs.PIX_FEAT: pix_feat,
-            vs.HIGH_RES_FEATS_0: feats.high_res_feats_0,
-            vs.HIGH_RES_FEATS_1: feats.high_res_feats_1,
-            vs.POINT_COORDS: coords,
-            vs.POINT_LABELS: labels,
-            vs.MASK_INPUT: mask_input.astype(np.float32)
-            if has_mask
-            else np.zeros((1, 1, LOW, LOW), np.float32),
-            vs.HAS_MASK_INPUT: np.array([1.0 if has_mask else 0.0], np.float32),
-            vs.MULTIMASK_OUTPUT: np.array([1.0 if multimask else 0.0], np.float32),
-        }
-        names = [vs.LOW_RES_MASKS, vs.OBJ_PTR, vs.OBJECT_SCORE_LOGITS]
-        res = self.run(vs.VIDEO_MASK_DECODER_MODEL, inputs, names)
-        return FrameOut(*(np.asarray(res[n], np.float32) for n in names))
+        """``_forward_sam_heads`` of one object (``video_graphs.decode``)."""
+        mask = None if mask_input is None else mask_input[0]
+        return decode(self.run, [decode_item(pix_feat[0], feats, points, mask, multimask)])[0]
 
     def _mask_as_output(self, feats: FrameFeatures, mask_inputs: np.ndarray) -> FrameOut:
         """``SAM2Base._use_mask_as_output``: the mask prompt is the output (±10 logits,
@@ -385,8 +390,14 @@ class VideoTracker:
     ) -> np.ndarray:
         """``_prepare_memory_conditioned_features`` for a frame that is not an initial
         conditioning frame: memory attention over the selected memories and pointers."""
+        mem = self.memory_inputs(obj, frame_idx, reverse)
+        return attend(self.run, [(feats.vision_feat[0], mem)])[0]
+
+    def memory_inputs(self, obj: ObjectState, frame_idx: int, reverse: bool) -> MemoryInputs:
+        """The memories and pointers ``memory_selection`` picks, as memory attention's inputs."""
+        self._check_reads(frame_idx, reverse)
         mems, ptrs, t_diff_max = memory_selection(
-            frame_idx, obj.cond, obj.non_cond, self.num_frames, reverse
+            frame_idx, obj.cond, obj.non_cond, self.selection_frames, reverse
         )
         if len(mems) > vs.MAX_MEMORIES or len(ptrs) > vs.MAX_OBJ_PTRS:
             raise TrackerError(
@@ -394,40 +405,25 @@ class VideoTracker:
                 f"{len(obj.cond)} frames with prompts for one object; the server attends to at "
                 f"most {vs.MAX_COND_FRAMES}",
             )
-        inputs = {
-            vs.VISION_FEAT: feats.vision_feat,
-            vs.MASKMEM_FEATURES: np.stack([out.maskmem_features[0] for _, out in mems])[None],
-            vs.MASKMEM_TPOS: np.array([t for t, _ in mems], np.int64),
-            vs.OBJ_PTRS: (
-                np.stack([out.obj_ptr[0] for _, out in ptrs])[None]
+        return MemoryInputs(
+            maskmem=np.stack([out.maskmem_features[0] for _, out in mems]),
+            tpos=np.array([t for t, _ in mems], np.int64),
+            obj_ptrs=(
+                np.stack([out.obj_ptr[0] for _, out in ptrs])
                 if ptrs
-                else np.zeros((1, 0, vs.HIDDEN_DIM), np.float32)
+                else np.zeros((0, vs.HIDDEN_DIM), np.float32)
             ),
             # torch: int64 tensor / python int -> float32 true division
-            vs.OBJ_PTR_TPOS: (
+            ptr_tpos=(
                 np.array([p for p, _ in ptrs], np.float32) / np.float32(t_diff_max)
                 if ptrs
                 else np.zeros((0,), np.float32)
             ),
-        }
-        res = self.run(vs.MEMORY_ATTENTION_MODEL, inputs, [vs.PIX_FEAT_WITH_MEM])
-        return np.asarray(res[vs.PIX_FEAT_WITH_MEM], np.float32)
+        )
 
     def _encode_memory(self, feats: FrameFeatures, out: FrameOut, from_points: bool) -> np.ndarray:
-        """``_encode_new_memory`` on the upsampled low-res logits, rounded to bfloat16 as SAM 2
-        stores them; returned as the bfloat16 bits (uint16, half the bytes of float32)."""
-        res = self.run(
-            vs.MEMORY_ENCODER_MODEL,
-            {
-                vs.VISION_FEAT: feats.vision_feat,
-                vs.PRED_MASKS: out.pred_masks,
-                vs.OBJECT_SCORE_LOGITS: out.object_score_logits,
-                vs.BINARIZE_MASK: np.array([1.0 if from_points else 0.0], np.float32),
-            },
-            [vs.MASKMEM_FEATURES],
-        )
-        rounded = round_to_bfloat16(np.asarray(res[vs.MASKMEM_FEATURES], np.float32))
-        return (rounded.view(np.uint32) >> 16).astype(np.uint16)
+        """``_encode_new_memory`` of one output (``video_graphs.encode_memories``)."""
+        return encode_memories(self.run, [(feats.vision_feat[0], out, from_points)])[0]
 
     # --- propagation ------------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -437,13 +433,20 @@ class VideoTracker:
             raise TrackerError(
                 vs.VIDEO_NO_PROMPTS, "add points, a box or a mask for an object first"
             )
+        pending = [
+            (frame_idx, out)
+            for obj in self.objects
+            for temp in (obj.temp_non_cond, obj.temp_cond)
+            for frame_idx, out in temp.items()
+            if out.maskmem_bf16 is None
+        ]
+        if pending:  # every object's new prompts in batched memory encoder calls
+            items = [(self.features(t).vision_feat[0], out, True) for t, out in pending]
+            for (_, out), bits in zip(pending, encode_memories(self.run, items)):
+                out.maskmem_bf16 = bits
         for i, obj in enumerate(self.objects):
             for temp, bank in ((obj.temp_non_cond, obj.non_cond), (obj.temp_cond, obj.cond)):
-                for frame_idx, out in temp.items():
-                    if out.maskmem_bf16 is None:
-                        feats = self.features(frame_idx)
-                        out.maskmem_bf16 = self._encode_memory(feats, out, from_points=True)
-                    bank[frame_idx] = out
+                bank.update(temp)
                 temp.clear()
             if not obj.cond:
                 raise TrackerError(
@@ -469,18 +472,9 @@ class VideoTracker:
 
     def track_frame(self, frame_idx: int, reverse: bool) -> np.ndarray:
         """One step of ``propagate_in_video``: every object on ``frame_idx``,
-        ``[O, 1, 256, 256]``."""
-        masks = np.empty((len(self.objects), 1, LOW, LOW), np.float32)
-        for i, obj in enumerate(self.objects):
-            out = obj.cond.get(frame_idx)
-            if out is None:
-                out = self._frame_inference(
-                    obj, frame_idx, False, None, None, reverse, run_mem_encoder=True
-                )
-                obj.non_cond[frame_idx] = out
-            obj.tracked[frame_idx] = reverse
-            masks[i] = out.pred_masks[0]
-        return masks
+        ``[O, 1, 256, 256]`` (``track_frames`` of this one video)."""
+        job = TrackJob(self, frame_idx, reverse)
+        return track_frames(self.run, [job], self.attention_batch_bytes)[0]
 
     def propagate(
         self,
@@ -540,3 +534,79 @@ class VideoTracker:
         """``reset_state``: forget every object, prompt and memory."""
         self.obj_ids.clear()
         self.objects.clear()
+
+
+def decode_item(
+    pix_feat: np.ndarray,
+    feats: FrameFeatures,
+    points: Points | None,
+    mask_input: np.ndarray | None,
+    multimask: bool,
+) -> DecodeItem:
+    """One decoder row; without points, SAM 2's "no click": one point (0, 0) labelled -1."""
+    if points is None:
+        coords, labels = np.zeros((1, 2), np.float32), -np.ones((1,), np.int32)
+    else:
+        coords, labels = points.coords[0], points.labels[0]
+    return DecodeItem(pix_feat, feats, coords, labels, mask_input, multimask)
+
+
+@dataclass(frozen=True)
+class TrackJob:
+    """One frame of one video to track (a step of ``propagate_in_video``)."""
+
+    tracker: VideoTracker
+    frame_idx: int
+    reverse: bool
+    feats: FrameFeatures | None = None  # computed through tracker.features when None
+
+
+def track_frames(
+    run: GraphRunner,
+    jobs: Sequence[TrackJob],
+    attention_batch_bytes: int = DEFAULT_ATTENTION_BATCH_BYTES,
+) -> list[np.ndarray]:
+    """A propagation step of several videos at once: each job's masks ``[O, 1, 256, 256]``.
+
+    SAM 2.1's ``propagate_in_video`` runs ``_run_single_frame_inference`` for one object at a
+    time; here every object that has no conditioning output on its frame, of every job, goes
+    through memory attention (grouped by memory layout), the decoder and the memory encoder in
+    batched calls (``video_graphs``; memory attention within ``attention_batch_bytes``). Jobs
+    must be of distinct videos.
+    """
+    masks = [np.empty((len(j.tracker.objects), 1, LOW, LOW), np.float32) for j in jobs]
+    units: list[tuple[int, int, ObjectState, FrameFeatures]] = []
+    for j, job in enumerate(jobs):
+        feats = job.feats
+        for i, obj in enumerate(job.tracker.objects):
+            out = obj.cond.get(job.frame_idx)
+            if out is not None:
+                masks[j][i] = out.pred_masks[0]
+                continue
+            if feats is None:
+                feats = job.tracker.features(job.frame_idx)
+            units.append((j, i, obj, feats))
+    mems = [
+        jobs[j].tracker.memory_inputs(obj, jobs[j].frame_idx, jobs[j].reverse)
+        for j, _, obj, _ in units
+    ]
+    pix = attend(
+        run,
+        [(f.vision_feat[0], m) for (_, _, _, f), m in zip(units, mems)],
+        attention_batch_bytes,
+    )
+    # no points, no mask: _use_multimask is true (0 points <= MULTIMASK_MAX_PT_NUM)
+    outs = decode(
+        run, [decode_item(p[0], f, None, None, True) for (_, _, _, f), p in zip(units, pix)]
+    )
+    bits = encode_memories(
+        run, [(f.vision_feat[0], o, False) for (_, _, _, f), o in zip(units, outs)]
+    )
+    for (j, i, obj, _), out, mem in zip(units, outs, bits):
+        out.maskmem_bf16 = mem
+        obj.non_cond[jobs[j].frame_idx] = out
+        masks[j][i] = out.pred_masks[0]
+    for job in jobs:
+        for obj in job.tracker.objects:
+            obj.tracked[job.frame_idx] = job.reverse
+    return masks

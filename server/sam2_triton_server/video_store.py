@@ -5,6 +5,11 @@ they are refused (``VIDEO_OVER_BUDGET``) when they would exceed the budget; fram
 (``FrameFeatures``, ~20 MB each with the tiny model) can, so they are an LRU cache across all
 videos that gives way first. Videos idle for longer than ``idle_ttl_s`` are closed when room is
 needed; after that (or a restart) their id is unknown (``VIDEO_UNKNOWN``), never reused.
+
+A video opened with a window (long videos, live streams) keeps only its last ``window`` tracked
+frames: their images, features and outputs, plus every conditioning output
+(``VideoTracker.retire``), so what it holds does not grow with its length. An open-ended video
+(``num_frames`` 0: a live stream) grows as frames are appended.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import numpy as np
 from sam2_triton import spec
 from sam2_triton import video_spec as vs
 
-from .video_engine import FrameFeatures, GraphRunner, TrackerError, VideoTracker, encode_frame
+from .video_engine import FrameFeatures, GraphRunner, TrackerError, VideoTracker
+from .video_graphs import DEFAULT_ATTENTION_BATCH_BYTES, encode_frames
 
 FRAME_SHAPE = (3, spec.IMAGE_SIZE, spec.IMAGE_SIZE)
 
@@ -39,12 +45,15 @@ class Propagation:
 @dataclass
 class VideoSession:
     video_id: str
-    num_frames: int
     video_hw: tuple[int, int]
     tracker: VideoTracker
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # uint8 [3, 1024, 1024]
     propagation: Propagation | None = None
     last_used: float = 0.0
+
+    @property
+    def num_frames(self) -> int:
+        return self.tracker.num_frames
 
     @property
     def frame_bytes(self) -> int:
@@ -61,8 +70,10 @@ class VideoStore:
         max_videos: int,
         idle_ttl_s: float,
         clock: Callable[[], float] = time.monotonic,
+        attention_batch_bytes: int = DEFAULT_ATTENTION_BATCH_BYTES,
     ) -> None:
         self.run = run
+        self.attention_batch_bytes = attention_batch_bytes
         self.budget = budget_bytes
         self.max_videos = max_videos
         self.idle_ttl_s = idle_ttl_s
@@ -76,6 +87,12 @@ class VideoStore:
     def fixed_bytes(self) -> int:
         """Bytes that cannot be recomputed: frames and memory banks of every open video."""
         return sum(v.frame_bytes + v.tracker.nbytes for v in self.videos.values())
+
+    def video_bytes(self, session: VideoSession) -> int:
+        """Bytes one video holds: frames, outputs and its cached features."""
+        with self.lock:
+            feats = sum(f.nbytes for k, f in self.features.items() if k[0] == session.video_id)
+        return session.frame_bytes + session.tracker.nbytes + feats
 
     def held_bytes(self) -> int:
         return self.fixed_bytes() + self.feature_bytes
@@ -93,15 +110,27 @@ class VideoStore:
 
     # --- videos ----------------------------------------------------------------------------
     def open(
-        self, num_frames: int, video_hw: tuple[int, int], video_id: str | None = None
+        self,
+        num_frames: int,
+        video_hw: tuple[int, int],
+        video_id: str | None = None,
+        window: int = 0,
     ) -> VideoSession:
         """A new video; ``video_id`` is the client's (``video_spec.VIDEO_ID_PATTERN``, so that
         a gateway can route every request of the video, the first one included, to one
-        replica) or a random one."""
-        if not 1 <= num_frames <= vs.MAX_VIDEO_FRAMES:
+        replica) or a random one. ``num_frames`` 0: open-ended (a live stream). ``window`` 0:
+        keep everything; else keep the last ``window`` tracked frames (see the module)."""
+        if not 0 <= num_frames <= vs.MAX_VIDEO_FRAMES:
             raise TrackerError(
                 vs.VIDEO_BAD_FRAME,
-                f"num_frames must be 1..{vs.MAX_VIDEO_FRAMES}, got {num_frames}",
+                f"num_frames must be 1..{vs.MAX_VIDEO_FRAMES} (or 0: open-ended, frames are "
+                f"appended), got {num_frames}",
+            )
+        if window != 0 and not vs.MIN_VIDEO_WINDOW <= window <= vs.MAX_VIDEO_FRAMES:
+            raise TrackerError(
+                "invalid window",
+                f"{window}: 0 (keep every frame) or at least {vs.MIN_VIDEO_WINDOW} (tracking a "
+                f"frame reads the {vs.MIN_VIDEO_WINDOW - 1} frames before it)",
             )
         h, w = video_hw
         if not (1 <= h and 1 <= w and h * w <= spec.SESSION_MAX_PIXELS):
@@ -131,8 +160,15 @@ class VideoStore:
             def features(frame_idx: int) -> FrameFeatures:
                 return self.frame_features(self.get(video_id), frame_idx)
 
-            tracker = VideoTracker(self.run, features, num_frames)
-            session = VideoSession(video_id, num_frames, (h, w), tracker, last_used=self.clock())
+            tracker = VideoTracker(
+                self.run,
+                features,
+                num_frames,
+                open_ended=num_frames == 0,
+                window=window,
+                attention_batch_bytes=self.attention_batch_bytes,
+            )
+            session = VideoSession(video_id, (h, w), tracker, last_used=self.clock())
             self.videos[video_id] = session
             return session
 
@@ -155,24 +191,33 @@ class VideoStore:
                 self.feature_bytes -= self.features.pop(key).nbytes
 
     def add_frames(self, session: VideoSession, start: int, frames: np.ndarray) -> None:
-        """Keep ``frames`` uint8 ``[F, 3, 1024, 1024]`` as frames ``start..start+F-1``."""
+        """Keep ``frames`` uint8 ``[F, 3, 1024, 1024]`` as frames ``start..start+F-1``; an
+        open-ended video grows (``start`` at most its current length: no gaps)."""
         if frames.ndim != 4 or frames.shape[1:] != FRAME_SHAPE or frames.dtype != np.uint8:
             raise TrackerError(
                 "invalid frames",
                 f"expected uint8 [F, 3, {spec.IMAGE_SIZE}, {spec.IMAGE_SIZE}], got "
                 f"{frames.dtype} {list(frames.shape)}",
             )
-        if start < 0 or start + frames.shape[0] > session.num_frames:
+        tracker = session.tracker
+        stop = start + frames.shape[0]
+        if tracker.open_ended:
+            if not 0 <= start <= session.num_frames or stop > vs.MAX_VIDEO_FRAMES:
+                raise TrackerError(
+                    vs.VIDEO_BAD_FRAME,
+                    f"frames {start}..{stop - 1}: an open-ended video of {session.num_frames} "
+                    f"frames takes frames from 0 to {session.num_frames} (appended in order)",
+                )
+        elif start < 0 or stop > session.num_frames:
             raise TrackerError(
                 vs.VIDEO_BAD_FRAME,
-                f"frames {start}..{start + frames.shape[0] - 1}; the video has "
-                f"{session.num_frames} frames",
+                f"frames {start}..{stop - 1}; the video has {session.num_frames} frames",
             )
+        if start < tracker.released_before:
+            tracker.check_frame(start)  # raises: released
         with self.lock:
             replaced = sum(
-                session.frames[i].nbytes
-                for i in range(start, start + len(frames))
-                if i in session.frames
+                session.frames[i].nbytes for i in range(start, stop) if i in session.frames
             )
             needed = frames.nbytes - replaced
             if self.fixed_bytes() + needed > self.budget:
@@ -186,6 +231,32 @@ class VideoStore:
             for i, frame in enumerate(frames):
                 session.frames[start + i] = np.ascontiguousarray(frame)
                 self._drop_features(session.video_id, start + i)
+            tracker.num_frames = max(tracker.num_frames, stop)
+
+    def release(self, session: VideoSession, last_tracked: int) -> None:
+        """A windowed video after tracking ``last_tracked``: forget what lies before its
+        window (``VideoTracker.retire``): outputs, frames and features."""
+        before = session.tracker.retire(last_tracked)
+        with self.lock:
+            for frame_idx in [t for t in session.frames if t < before]:
+                del session.frames[frame_idx]
+                self._drop_features(session.video_id, frame_idx)
+
+    def prefetch(self, wanted: list[tuple[VideoSession, int]]) -> None:
+        """Compute the missing features of several frames (of several videos) in batched
+        encoder calls, and cache them as ``frame_features`` would."""
+        with self.lock:
+            unique = {(s.video_id, t): (s, t) for s, t in wanted}
+            missing = [
+                (s, t)
+                for key, (s, t) in unique.items()
+                if key not in self.features and t in s.frames
+            ]
+            images = [s.frames[t] for s, t in missing]
+        if len(missing) < 2:
+            return  # frame_features computes a single frame on demand
+        for (session, frame_idx), feats in zip(missing, encode_frames(self.run, images)):
+            self._cache(session, frame_idx, feats)
 
     def _drop_features(self, video_id: str, frame_idx: int) -> None:
         feats = self.features.pop((video_id, frame_idx), None)
@@ -206,13 +277,16 @@ class VideoStore:
                 vs.VIDEO_FRAME_MISSING,
                 f"frame {frame_idx} of video {session.video_id!r} was never uploaded (add_frames)",
             )
-        feats = encode_frame(self.run, frame)
+        feats = encode_frames(self.run, [frame])[0]
+        self._cache(session, frame_idx, feats)
+        return feats
+
+    def _cache(self, session: VideoSession, frame_idx: int, feats: FrameFeatures) -> None:
         with self.lock:
             self._evict_features(feats.nbytes)
             if self.held_bytes() + feats.nbytes <= self.budget and session.video_id in self.videos:
-                self.features[key] = feats
+                self.features[(session.video_id, frame_idx)] = feats
                 self.feature_bytes += feats.nbytes
-        return feats
 
     def check_budget(self) -> None:
         """After an operation grew a memory bank: make room, or say the budget is exceeded."""

@@ -82,7 +82,8 @@ class TritonPythonModel:
         bls = pb_utils.InferenceRequest(
             model_name=self._video,
             requested_output_names=FRAME_OUTPUTS,
-            inputs=[pb_utils.Tensor(n, v) for n, v in inputs.items()],
+            # sam2_video has Triton's batch dimension: one request is [1, ...]
+            inputs=[pb_utils.Tensor(n, np.ascontiguousarray(v[None])) for n, v in inputs.items()],
             preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
         )
         response = bls.exec()
@@ -92,5 +93,5 @@ class TritonPythonModel:
             # sam2_video's message already names the model and the problem
             raise RequestError(message, code)
         return {
-            n: pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in FRAME_OUTPUTS
+            n: pb_utils.get_output_tensor_by_name(response, n).as_numpy()[0] for n in FRAME_OUTPUTS
         }
