@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -140,6 +141,13 @@ def concurrent(url: str, n: int, setup: Callable[[Any], Any], timed: Callable[[A
             after = model_statistics(url, "grpc", models)
         except threading.BrokenBarrierError:
             pass  # a thread failed: its result() raises below
+        errors = [f.exception() for f in futures]
+        # a failing client aborts the barriers: raise its own error, not another's abort
+        real = [
+            e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)
+        ]
+        if real or any(errors):
+            raise (real or [e for e in errors if e is not None])[0]
         results = [f.result() for f in futures]
     return results, _delta(before, after)
 
@@ -393,10 +401,11 @@ def live_section(args: argparse.Namespace, ctx: dict, log: Log) -> dict[str, Any
     folder = vb.write_clip(ctx["tmp"] / "live", args.live_frames + 1, h, w)
     frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.jpg"))]
     click = vb.clicks(h, w)[0][1]
-    urls = {on: ctx["server"](on).grpc_url for on in (True, False)}
+    modes = (True, False) if not args.url or args.url_unbatched else (True,)
+    urls = {on: ctx["server"](on).grpc_url for on in modes}
     rows = []
     for i, s in enumerate(args.streams):
-        for on in Rounds.order((True, False), i):
+        for on in Rounds.order(modes, i):
             res = live_run(urls[on], frames, click, s)
             rows.append({"streams": s, "batching": on, **res})
             log(f"{s} streams, batching {'on' if on else 'off'}: {res['total_fps']:.3f} "
@@ -430,6 +439,18 @@ def _hw(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``video-scale`` options on ``parser``."""
     a = parser.add_argument
+    a(
+        "--url",
+        help="gRPC address of a running server with the --video export of --model-repository "
+        "(e.g. the GPU flavour: docker compose up) instead of a local CPU tritonserver",
+    )
+    a("--metrics-url", help="its metrics endpoint (default: http://<host>:8002/metrics)")
+    a("--device", default="cpu", help="where SAM 2 in-process runs (cpu, cuda)")
+    a(
+        "--url-unbatched",
+        help="with --url: a second server whose sam2_video has video_request_batching off, "
+        "for the live section's on/off comparison (without it: on only)",
+    )
     a(
         "--only",
         type=_list(str, SECTIONS),
@@ -482,10 +503,15 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             if not vb.has_video(repo):
                 raise BenchSetupError(f"{repo} has no video models: export it with --video")
             state_dict, config, weights = vb.state_dict_for(repo, args.seed)
-            ref = functools.cache(lambda: vb.reference_predictor(state_dict, "cpu", config))
+            ref = functools.cache(lambda: vb.reference_predictor(state_dict, args.device, config))
 
             @functools.cache
             def server(batching: bool) -> Any:
+                if args.url:  # an existing server (e.g. the GPU flavour: docker compose up)
+                    url = args.url if batching else args.url_unbatched
+                    host = url.rsplit(":", 1)[0]
+                    metrics = args.metrics_url or f"http://{host}:8002/metrics"
+                    return types.SimpleNamespace(grpc_url=url, metrics_url=metrics)
                 return start_server(repo, tmp / f"batching-{batching}", batching, stack, log)
 
             ctx = {"tmp": tmp, "server": server, "ref": ref}
@@ -498,7 +524,11 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                     log(f"section {name}: {time.perf_counter() - t0:.0f} s")
                     if args.json:  # what is done survives a later section's failure
                         args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
-            result["server"] = "local tritonserver (CPU flavour, video models only)"
+            result["server"] = (
+                f"the server at {args.url}"
+                if args.url
+                else "local tritonserver (CPU flavour, video models only)"
+            )
     except BenchSetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -176,7 +176,7 @@ def section(result: dict) -> str:
         f"{result['date']}, {result['duration_s']:.0f} s; {m['cpu']}, {m['usable_cores']} "
         f"usable cores, {m.get('memory_gib')} GiB, load average {m.get('load_average_start')} → "
         f"{m.get('load_average_end')}; {result['server']}; model: {result['weights']}; SAM 2 "
-        "in-process on the CPU. Numbers are medians of one run (no repeats unless `--repeats`).\n"
+        f"in-process on {result.get('config', {}).get('device', 'cpu')}. Numbers are medians of one run (no repeats unless `--repeats`).\n"
     )
     parts = [head]
     if "objects" in s:
