@@ -14,6 +14,7 @@ import pytest
 
 from sam2_triton import video_spec as vs
 from sam2_triton_server.video_engine import TrackerError, TrackJob, VideoTracker, track_frames
+from sam2_triton_server.video_graphs import encode_memories
 from sam2_triton_server.video_store import VideoStore
 
 C, S = vs.HIDDEN_DIM, vs.FEAT_SIZE
@@ -110,7 +111,11 @@ def test_eight_objects_in_one_batch_equal_one_at_a_time() -> None:
         got = batched.track_frame(t, reverse=False)
         want = np.empty_like(got)
         for i, obj in enumerate(single.objects):  # SAM 2.1: one object per call
-            out = single._frame_inference(obj, t, False, None, None, False, run_mem_encoder=True)
+            out = single._frame_inference(obj, t, False, None, None, False)
+            feats = single.features(t)
+            (out.maskmem_bf16,) = encode_memories(
+                single_graphs, [(feats.vision_feat[0], out, False)]
+            )
             obj.non_cond[t] = out
             want[i] = out.pred_masks[0]
         np.testing.assert_array_equal(got, want)

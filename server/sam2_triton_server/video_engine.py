@@ -30,7 +30,6 @@ from .video_graphs import (
     MemoryInputs,
     attend,
     decode,
-    encode_frames,
     encode_memories,
 )
 
@@ -41,7 +40,6 @@ __all__ = [
     "TrackJob",
     "TrackerError",
     "VideoTracker",
-    "encode_frame",
     "memory_selection",
     "track_frames",
 ]
@@ -62,11 +60,6 @@ class TrackerError(Exception):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
-
-
-def encode_frame(run: GraphRunner, image: np.ndarray) -> FrameFeatures:
-    """Features of one frame ``image`` uint8 ``[3, 1024, 1024]`` (see ``encode_frames``)."""
-    return encode_frames(run, [image])[0]
 
 
 @dataclass
@@ -288,7 +281,6 @@ class VideoTracker:
             new,
             None,
             reverse,
-            run_mem_encoder=False,
             prev_logits=prev_logits,
         )
         temp[frame_idx] = out
@@ -304,9 +296,7 @@ class VideoTracker:
         obj.masks[frame_idx] = np.array(mask, dtype=bool).reshape(spec.IMAGE_SIZE, spec.IMAGE_SIZE)
         obj.points.pop(frame_idx, None)
         is_init, reverse, temp = obj.prompt_slot(frame_idx)
-        out = self._frame_inference(
-            obj, frame_idx, is_init, None, mask_inputs, reverse, run_mem_encoder=False
-        )
+        out = self._frame_inference(obj, frame_idx, is_init, None, mask_inputs, reverse)
         temp[frame_idx] = out
         return self.consolidate(frame_idx, is_cond=is_init)
 
@@ -338,10 +328,10 @@ class VideoTracker:
         points: Points | None,
         mask_inputs: np.ndarray | None,
         reverse: bool,
-        run_mem_encoder: bool,
         prev_logits: np.ndarray | None = None,
     ) -> FrameOut:
-        """``_run_single_frame_inference`` -> ``SAM2Base.track_step`` for one object."""
+        """``_run_single_frame_inference`` -> ``SAM2Base.track_step`` for one prompted object,
+        without the memory encoder (run by the preflight; tracking is ``track_frames``)."""
         feats = self.features(frame_idx)
         if mask_inputs is not None:  # use_mask_input_as_output_without_sam
             out = self._mask_as_output(feats, mask_inputs)
@@ -353,8 +343,6 @@ class VideoTracker:
             num_pts = 0 if points is None else points.labels.shape[1]
             multimask = num_pts <= MULTIMASK_MAX_PT_NUM  # _use_multimask (2.1 configs)
             out = self._decode(feats, pix_feat, points, prev_logits, multimask)
-        if run_mem_encoder:
-            out.maskmem_bf16 = self._encode_memory(feats, out, from_points=points is not None)
         return out
 
     def _decode(
@@ -420,10 +408,6 @@ class VideoTracker:
                 else np.zeros((0,), np.float32)
             ),
         )
-
-    def _encode_memory(self, feats: FrameFeatures, out: FrameOut, from_points: bool) -> np.ndarray:
-        """``_encode_new_memory`` of one output (``video_graphs.encode_memories``)."""
-        return encode_memories(self.run, [(feats.vision_feat[0], out, from_points)])[0]
 
     # --- propagation ------------------------------------------------------------------------------
     def preflight(self) -> None:
