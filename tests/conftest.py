@@ -105,3 +105,46 @@ def video_triton_server(video_repo: Path):
 
     with LocalTritonServer(video_repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         yield server
+
+
+# --- text prompts (sam2-triton export --detector) -----------------------------------------------
+@pytest.fixture(scope="session")
+def detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Grounding DINO model directory (transformers save_pretrained layout) with seeded random
+    weights: the "test" architecture (resize 320/480, 100 queries) and a small vocabulary with
+    the special tokens at bert-base-uncased's ids."""
+    from sam2_triton_export.detector_random import write_random_detector
+
+    return write_random_detector(tmp_path_factory.mktemp("detector"), "test", seed=SEED)
+
+
+@pytest.fixture(scope="session")
+def text_repo(tmp_path_factory: pytest.TempPathFactory, detector_dir: Path) -> Path:
+    """A model repository exported once with ``--detector`` (SAM 2.1 tiny, random weights, seed
+    0, and the detector of ``detector_dir``); read-only use."""
+    from sam2_triton_export import main
+
+    out = tmp_path_factory.mktemp("text_export") / "model_repository"
+    main.export(
+        export_args(
+            "--variant",
+            "tiny",
+            "--random-weights",
+            "--seed",
+            str(SEED),
+            "--detector",
+            str(detector_dir),
+            "--output",
+            str(out),
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def text_triton_server(text_repo: Path):
+    """The real local tritonserver (CPU flavour) on free ports, serving ``text_repo``."""
+    from sam2_triton_serve.launcher import LocalTritonServer
+
+    with LocalTritonServer(text_repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+        yield server

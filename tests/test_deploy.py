@@ -380,6 +380,17 @@ def test_model_configs_cache_engines_in_the_volume(rendered):
         )
     }
     assert len(video_paths) == 5 and video_paths <= folders, video_paths - folders
+    # and the detector graphs of `sam2-triton export --detector`
+    text = repository.config_files(detector=True)
+    text_paths = {
+        path
+        for rel, body in text.items()
+        if rel.endswith("/config.pbtxt")
+        for path in re.findall(
+            r'key:\s*"trt_(?:engine|timing)_cache_path"\s*value:\s*"([^"]+)"', body
+        )
+    } - video_paths - {"/engine_cache/sam2_encoder", "/engine_cache/sam2_decoder"}
+    assert len(text_paths) == 2 and text_paths <= folders, text_paths - folders
 
 
 def test_healthcheck_waits_for_engine_builds(triton_service):
@@ -458,7 +469,13 @@ def test_env_example_documents_every_variable():
 # --------------------------------------------------------------------------------------------
 # the derived server image: docker/Dockerfile, .dockerignore and the wheels it installs
 
-IMAGE_PACKAGES = {"sam2-triton-client", "sam2-triton-server", "pillow", "pycocotools"}
+IMAGE_PACKAGES = {
+    "sam2-triton-client",
+    "sam2-triton-server",
+    "pillow",
+    "pycocotools",
+    "tokenizers",
+}
 FORBIDDEN_IN_IMAGE = ("torch", "onnxruntime", "tritonclient", "numpy")  # name prefixes
 
 
@@ -591,8 +608,12 @@ def test_dockerfile_installs_exactly_the_server_packages():
         else:
             assert re.fullmatch(r"[\w-]+==\d+(\.\d+)+", req), f"{req} is not pinned with =="
     pins = {_dist_name(r): r.split("==")[1] for r in reqs if "==" in r}
-    assert pins == {"pillow": args["PILLOW_VERSION"], "pycocotools": args["PYCOCOTOOLS_VERSION"]}
-    # the pins satisfy what sam2-triton-server declares (pillow>=10, pycocotools>=2.0.8)
+    assert pins == {
+        "pillow": args["PILLOW_VERSION"],
+        "pycocotools": args["PYCOCOTOOLS_VERSION"],
+        "tokenizers": args["TOKENIZERS_VERSION"],
+    }
+    # the pins satisfy what sam2-triton-server declares (pillow>=10, pycocotools>=2.0.8, ...)
     from packaging.requirements import Requirement
 
     server_reqs = re.search(

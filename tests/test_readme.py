@@ -38,7 +38,7 @@ def _run(block: str, server, cwd: Path | None = None, **env_vars: str) -> str:
 
 
 def test_readme_has_the_examples() -> None:
-    assert len(BLOCKS) == 6
+    assert len(BLOCKS) == 7
 
 
 def test_health_metadata_config(triton_server) -> None:
@@ -119,3 +119,24 @@ def test_segment_everything_with_curl(triton_server, tmp_path: Path) -> None:
     ) as generator:
         want = generator.generate(tmp_path / "photo.png")
     assert result["masks"] == want and len(want) >= 1
+
+
+def test_text_prompts_with_curl(text_triton_server, tmp_path: Path) -> None:
+    """The README's curl call to sam2_text: the result LangSAM.segment gets for the same file."""
+    import numpy as np
+    from PIL import Image
+
+    from sam2_triton import LangSAM
+
+    yy, xx = np.mgrid[0:240, 0:320]
+    photo = np.stack([np.sin(xx / 20.0), np.cos(yy / 15.0), np.sin((xx + yy) / 25.0)], -1)
+    Image.fromarray(((photo + 1) * 127.5).astype(np.uint8)).save(tmp_path / "photo.png")
+    options = '{\\"box_threshold\\": 0.95, \\"text_threshold\\": 0.25}'
+    result = json.loads(_run(BLOCKS[6], text_triton_server, cwd=tmp_path, OPTIONS=options))
+    assert (result["width"], result["height"], result["text"]) == (320, 240, "cat. remote control.")
+    assert (result["box_threshold"], result["text_threshold"]) == (0.95, 0.25)
+    with LangSAM(url=text_triton_server.grpc_url) as model:
+        want = model.segment(tmp_path / "photo.png", "cat. remote control.", box_threshold=0.95)
+    assert len(result["objects"]) == len(want.labels) >= 1
+    assert [o["label"] for o in result["objects"]] == list(want.labels)
+    assert [o["mask"] for o in result["objects"]] == list(want.rles)

@@ -301,11 +301,20 @@ def test_crash_mid_video_export_then_image_only_export(
     assert not list(tmp_path.glob(".model_repository.staging-*"))
 
     monkeypatch.undo()
+    # text models of an earlier --detector export go too (the repository is what the export says)
+    for rel in (
+        f"{repository.DETECTOR_GRAPHS[0]}/1/{repository.MODEL_FILENAME}",
+        f"{repository.TEXT_MODELS[-1]}/config.pbtxt",
+        "detector_export.json",
+    ):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text("from an earlier --detector export")
     manifest = main.export(
         export_args("--variant", "tiny", "--random-weights", "--seed", "1", "--output", str(repo))
     )
-    assert manifest["video"] == {"enabled": False}
+    assert manifest["video"] == {"enabled": False} and manifest["text"] == {"enabled": False}
     assert not any((repo / name).exists() for name in repository.VIDEO_MODELS)
+    assert not any((repo / name).exists() for name in repository.TEXT_MODELS)
     assert not (repo / video_export.REPORT_FILE).exists()
     expected = {
         *repository.config_files(),

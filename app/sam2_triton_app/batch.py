@@ -17,7 +17,7 @@ from typing import Any
 
 from sam2_triton.errors import InvalidInputError
 
-from . import everything
+from . import everything, text_prompts
 from .batch_inputs import BatchInputError, InputSpec
 from .batch_journal import Journal, Summary, assemble, remove_stale_temps
 from .batch_scheduler import Scheduler, Servers, ServersDown
@@ -31,6 +31,8 @@ inputs: image files, folders (recursive) or glob patterns (segment everything), 
   y1]} per line, or "boxes": [[...], ...], or "objects": [{"box": [...], "category_id": 3}, ...];
   COCO (.json): detections {"image_id", "bbox": [x, y, w, h], "category_id", "score"} with the
   dataset's "images" list (same file, or --coco-images). No prompts = segment everything.
+  --text PROMPT (image files, folders, globs only): every image by that text prompt instead
+  (Lang-SAM: Grounding DINO boxes, one SAM 2 mask per box; records add "label", "box_xyxy").
 
 output: COCO results JSON (RLE masks), a failures JSON and a journal (<output>.journal). Run the
 same command again to resume: finished images are skipped (key: path, size, mtime, prompts).
@@ -86,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--multimask",
         choices=("auto", "on", "off"),
         default="auto",
-        help="3 candidate masks per object, best kept: auto = only for a single click",
+        help="3 candidate masks per object, best kept: auto = only for a single click "
+        "(not with --text: one mask per detected box)",
     )
     parser.add_argument(
         "--category-id", type=int, default=1, help="category of objects without one (default 1)"
@@ -105,7 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=120.0,
         metavar="S",
         help="per-request timeout, seconds (default 120; an image without prompts is ONE "
-        "segment-everything request: raise it for big grids on a CPU server)",
+        "segment-everything request, with --text ONE detect-and-segment request: raise it for "
+        "big grids or a big detector on a CPU server)",
     )
     parser.add_argument(
         "--retries",
@@ -131,26 +135,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 8); they are retried on the next run",
     )
     everything.add_generator_arguments(parser, "segment everything (images without prompts)")
+    text_prompts.add_text_arguments(
+        parser,
+        "text prompt (needs a server exported with --detector)",
+        "segment what the text names in every image, as Lang-SAM does (e.g. 'cat.'): "
+        "Grounding DINO finds the boxes, SAM 2 masks each one; inputs must be image files, "
+        "folders or globs, not a manifest",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 # --- settings ----------------------------------------------------------------------------------------
 def _options(args: argparse.Namespace) -> Options:
+    text = text_prompts.text_options(args)
     kwargs = everything.generator_kwargs(args)
+    if text is not None and kwargs:
+        raise InvalidInputError(
+            "the segment-everything options (--points-per-side, --pred-iou-thresh, "
+            "--stability-score-thresh, --everything-options) do not go with --text"
+        )
+    if text is not None and args.multimask != "auto":
+        raise InvalidInputError(
+            "--multimask goes with point/box prompts; --text predicts one mask per detected box"
+        )
     png_dir = args.png_dir.resolve() if args.png_dir else None
-    return Options(args.multimask, args.category_id, png_dir, kwargs)
+    return Options(args.multimask, args.category_id, png_dir, kwargs, text)
 
 
 def settings(spec: InputSpec, options: Options) -> dict[str, Any]:
     """What decides the results: recorded in the journal, compared on resume. Servers,
     concurrency, timeouts and retries may change between runs."""
-    return {
+    out = {
         **spec.identity(),
         "multimask": options.multimask,
         "category_id": options.category_id,
         "png_dir": str(options.png_dir) if options.png_dir else None,
         "everything": options.everything,
     }
+    if options.text is not None:  # only then: journals of runs without --text still match
+        out["text"] = options.text
+    return out
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
@@ -184,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         spec.check()
+        if options.text is not None and spec.kind != "images":
+            raise BatchInputError(
+                "--text goes with image files, folders or globs, not a manifest (its prompts "
+                "would be ignored)"
+            )
         output, failures, journal_path = _paths(args)
         journal = Journal(journal_path, settings(spec, options), restart=args.restart)
     except (BatchInputError, OSError) as exc:

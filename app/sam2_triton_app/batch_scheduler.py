@@ -14,6 +14,7 @@ from typing import Any
 
 from sam2_triton import SAM2Client
 from sam2_triton.errors import SAM2TritonError
+from sam2_triton.text import LangSAM
 
 from .batch_inputs import Task
 from .batch_journal import Journal
@@ -42,6 +43,7 @@ class Servers:
             )
             for u in urls
         }
+        self.text = getattr(args, "text", None) is not None  # also wait for sam2_text
         self.in_flight = dict.fromkeys(urls, 0)
         self.sent = dict.fromkeys(urls, 0)
         self.cool_until = dict.fromkeys(urls, 0.0)
@@ -67,7 +69,11 @@ class Servers:
         down = {}
         for url, client in self.clients.items():
             try:
-                client.wait_until_ready(READY_TIMEOUT_S)
+                if self.text:
+                    with LangSAM(client) as model:
+                        model.wait_until_ready(READY_TIMEOUT_S)
+                else:
+                    client.wait_until_ready(READY_TIMEOUT_S)
             except SAM2TritonError as exc:
                 down[url] = f"{type(exc).__name__}: {exc}"
         if len(down) == len(self.urls):

@@ -1,5 +1,5 @@
-"""One image of ``sam2-triton batch``: load, encode, decode its prompts (or segment everything),
-turn the masks into COCO result records (RLE) and, optionally, a label PNG.
+"""One image of ``sam2-triton batch``: load, encode, decode its prompts (or segment everything,
+or segment what ``--text`` names), turn the masks into COCO result records (RLE) and, optionally, a label PNG.
 
 Runs in worker threads; everything here is per image, nothing is shared but the clients.
 Errors come back as an ``Outcome`` (typed by the SDK's exception classes), never raised:
@@ -30,6 +30,7 @@ from sam2_triton.errors import (
     ServerBusyError,
     ServerUnavailableError,
 )
+from sam2_triton.text import LangSAM, TextSegmentation
 
 from . import visualize
 from .batch_inputs import Task
@@ -52,6 +53,7 @@ class Options:
     category_id: int = 1  # for objects without their own
     png_dir: Path | None = None
     everything: dict[str, Any] = field(default_factory=dict)  # SAM2AutomaticMaskGenerator kwargs
+    text: dict[str, Any] | None = None  # {"text", "box_threshold", "text_threshold"} or None
 
 
 @dataclass
@@ -174,6 +176,47 @@ def _everything(
     return records, masks, (int(hw[0]), int(hw[1]))
 
 
+def text_records(task: Task, found: TextSegmentation, category_id: int) -> list[dict[str, Any]]:
+    """COCO result records of what a text prompt found: ``score`` the detector's,
+    ``predicted_iou`` SAM 2's, ``label`` the phrase, ``box_xyxy`` the detected box,
+    ``bbox``/``area`` of the mask, ``segmentation`` the server's RLE."""
+    from pycocotools import mask as mask_utils
+
+    records = []
+    for i, rle in enumerate(found.rles):
+        coco = {**rle, "counts": rle["counts"].encode()}
+        records.append(
+            {
+                "image_id": task.image_id,
+                "file_name": task.file_name,
+                "category_id": category_id,
+                "bbox": [float(v) for v in mask_utils.toBbox(coco)],
+                "area": int(mask_utils.area(coco)),
+                "score": float(found.scores[i]),
+                "predicted_iou": float(found.mask_scores[i]),
+                "label": found.labels[i],
+                "box_xyxy": [float(v) for v in found.boxes[i]],
+                "segmentation": rle,
+                "prompt_index": i,
+            }
+        )
+    return records
+
+
+def _text(
+    task: Task, client: SAM2Client, options: Options
+) -> tuple[list[dict[str, Any]], list[np.ndarray], tuple[int, int]]:
+    """What ``--text`` names (``LangSAM.segment``: one ``sam2_text`` request with the file's
+    own bytes) as COCO result records (``text_records``)."""
+    text = options.text or {}
+    with LangSAM(client) as model:
+        found = model.segment(
+            Path(task.path), text["text"], text["box_threshold"], text["text_threshold"]
+        )
+    records = text_records(task, found, options.category_id)
+    return records, list(found.masks), (found.height, found.width)
+
+
 def png_path(png_dir: Path, task: Task) -> Path:
     """``<png_dir>/<image_id>.png`` (image ids are unique per input)."""
     return png_dir / f"{task.image_id}.png"
@@ -195,7 +238,9 @@ def segment_task(task: Task, client: SAM2Client, url: str, options: Options) -> 
     if task.problem is not None:
         return Outcome("failed", error=task.problem[0], message=task.problem[1])
     try:
-        if task.objects is None:
+        if options.text is not None:
+            records, masks, hw = _text(task, client, options)
+        elif task.objects is None:
             records, masks, hw = _everything(task, client, options)
         else:
             records, masks, hw = _prompted(task, client, options)

@@ -28,14 +28,14 @@ SUBCOMMANDS = {
         "sam2_triton_app.segment",
         "add_arguments",
         "run",
-        "segment an image through a running Triton server (clicks, boxes or --everything)",
+        "segment an image through a running Triton server (clicks, boxes, --everything or --text)",
     ),
     "batch": (
         "sam2_triton_app.batch",
         "add_arguments",
         "run",
-        "segment many images (folder, glob, COCO or JSON Lines prompts) into COCO RLE results; "
-        "resumable, several servers",
+        "segment many images (folder, glob, COCO or JSON Lines prompts, or one --text prompt) "
+        "into COCO RLE results; resumable, several servers",
     ),
     "track": (
         "sam2_triton_app.track",

@@ -1,5 +1,6 @@
 """``sam2-triton segment``: segment one image from the command line through a Triton server:
-the objects given by clicks and boxes, or everything (``--everything``, see ``everything``)."""
+the objects given by clicks and boxes, everything (``--everything``, see ``everything``), or what
+a text prompt names (``--text``, see ``text_prompts``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from sam2_triton import Prompt, transforms
-from sam2_triton.errors import SAM2TritonError
+from sam2_triton.errors import InvalidInputError, SAM2TritonError
 
-from . import everything, visualize
+from . import everything, text_prompts, visualize
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -78,15 +79,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=float,
         default=None,
-        help="request timeout, seconds (default 120; 600 with --everything: one request does "
-        "the whole image)",
+        help="request timeout, seconds (default 120; 600 with --everything or --text: one "
+        "request does the whole image)",
     )
     parser.add_argument(
         "--multimask",
         choices=("auto", "on", "off"),
         default="auto",
         help="predict 3 candidate masks and keep the best: auto = only for a "
-        "single click (ambiguous), as SAM 2 recommends",
+        "single click (ambiguous), as SAM 2 recommends (not with --text: one mask per box)",
     )
     parser.add_argument(
         "--output",
@@ -97,12 +98,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         type=Path,
-        help="scores, areas, boxes (and RLE) as JSON; with --everything a COCO dataset (RLE masks)",
+        help="scores, areas, boxes (and RLE) as JSON; with --everything a COCO dataset (RLE "
+        "masks); with --text also each object's label and detected box",
     )
     parser.add_argument(
         "--rle", action="store_true", help="add COCO RLE masks to --json (needs pycocotools)"
     )
     everything.add_generator_arguments(parser, "--everything options")
+    text_prompts.add_text_arguments(
+        parser,
+        "text prompt (needs a server exported with --detector)",
+        "segment what the text names, as Lang-SAM does: Grounding DINO finds the boxes, SAM 2 "
+        "masks each one (e.g. 'cat. remote control.'; a '.' is appended unless the prompt ends "
+        "with one). Not with --point, --box or --everything",
+    )
 
 
 def _prompts(args: argparse.Namespace) -> list[Prompt]:
@@ -139,6 +148,12 @@ def run(args: argparse.Namespace) -> int:
     """Segment ``args.image``; returns the exit code."""
     from sam2_triton import SAM2Client
 
+    if args.text is not None:
+        return text_prompts.run(args)
+    try:
+        text_prompts.text_options(args)  # thresholds without --text are refused
+    except InvalidInputError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.everything:
         if args.point or args.box:
             raise SystemExit("error: --everything takes no --point or --box")

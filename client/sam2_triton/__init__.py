@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .client import SAM2Client
     from .generator import AsyncSAM2AutomaticMaskGenerator, SAM2AutomaticMaskGenerator
     from .predictor import SAM2ImagePredictor
+    from .text import AsyncLangSAM, LangSAM
     from .video import AsyncSAM2VideoPredictor, SAM2VideoPredictor
 
 __version__ = "0.1.0"
@@ -60,10 +61,13 @@ _LAZY = {
     "AsyncSAM2AutomaticMaskGenerator": ".generator",
     "SAM2VideoPredictor": ".video",
     "AsyncSAM2VideoPredictor": ".video",
+    "LangSAM": ".text",
+    "AsyncLangSAM": ".text",
 }
 
 __all__ = [
     "AccessDeniedError",
+    "AsyncLangSAM",
     "AsyncSAM2AutomaticMaskGenerator",
     "AsyncSAM2Client",
     "AsyncSAM2VideoPredictor",
@@ -77,6 +81,7 @@ __all__ = [
     "InvalidImageError",
     "InvalidInputError",
     "InvalidPromptError",
+    "LangSAM",
     "ModelNotReadyError",
     "Prediction",
     "Prompt",

@@ -204,6 +204,28 @@ def validate_prompt(
     return WirePrompt(wire_coords, wire_labels, mask)
 
 
+def box_prompts(boxes: np.ndarray, orig_hw: tuple[int, int]) -> list[WirePrompt]:
+    """Detector boxes as SAM 2 box prompts, one per box, as ``SAM2ImagePredictor.predict(box=)``
+    takes them (``_prep_prompts``: float32, ``transform_boxes``; labels 2, 3).
+
+    Args:
+        boxes: ``[N, 4]`` float32 xyxy in pixels of the image (a detector's output).
+        orig_hw: the image's (H, W).
+
+    Unlike :func:`validate_prompt` the boxes are not checked against the image: a detector's
+    box may reach past its edge and SAM 2 takes it as it is. Raises InvalidPromptError for a
+    non-finite box or a wrong shape.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise InvalidPromptError(
+            f"boxes must have shape (N, 4) as x0, y0, x1, y1, got {boxes.shape}"
+        )
+    _check_finite(boxes, "boxes")
+    wire = np.asarray(transforms.transform_boxes(boxes, orig_hw), dtype=np.float32)
+    return [WirePrompt(w.reshape(2, 2), _BOX_LABELS.copy(), None) for w in wire.reshape(-1, 4)]
+
+
 def validate_prompts(
     prompts: Sequence[object], orig_hw: tuple[int, int], normalize_coords: bool = True
 ) -> list[WirePrompt]:

@@ -13,7 +13,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from sam2_triton import spec, video_spec
+from sam2_triton import spec, text_spec, video_spec
 from sam2_triton_serve import repository
 
 from . import amg_graph, amg_verify, checkpoints, install, onnx_export, verify
@@ -30,6 +30,16 @@ VIDEO_HELP = (
     "and time (about 3-5 more minutes on CPU, mostly memory-attention checks); "
     "the server then also holds video frames (video_frame_budget_bytes, default 4 GiB). "
     "Off by default; an export without it removes the video models of an earlier one"
+)
+
+DETECTOR_HELP = (
+    "also export text prompts (Lang-SAM: Grounding DINO + SAM 2): the Grounding DINO model in "
+    "DIR (a transformers save_pretrained directory: config.json, model.safetensors, tokenizer "
+    "files; e.g. `huggingface-cli download IDEA-Research/grounding-dino-base --local-dir DIR`) "
+    f"as two ONNX graphs ({', '.join(repository.DETECTOR_GRAPHS)}: one per image orientation), "
+    "each verified against transformers, and the sam2_text model (text -> masks in one "
+    "request). Costs disk (~0.7 GB per graph for grounding-dino-tiny/base sizes) and time "
+    "(minutes on CPU). An export without it removes the text models of an earlier one"
 )
 
 RANDOM_WARNING = (
@@ -99,6 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="max abs difference allowed between ONNX and PyTorch (default 1e-4)",
     )
     parser.add_argument("--video", action="store_true", help=VIDEO_HELP)
+    parser.add_argument("--detector", type=Path, metavar="DIR", default=None, help=DETECTOR_HELP)
     # Hidden: the smaller video verification case set (video_export.QUICK_*), for the test suite
     # and quick local tries; documented in docs/video.md.
     parser.add_argument("--video-quick-verify", action="store_true", help=argparse.SUPPRESS)
@@ -118,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if getattr(args, "video", False):
         print(f"Installed the video models {', '.join(repository.VIDEO_MODELS)} into {args.output}")
+    if getattr(args, "detector", None):
+        print(f"Installed the text models {', '.join(repository.TEXT_MODELS)} into {args.output}")
     if manifest["weights"]["random"]:
         print(RANDOM_WARNING.format(seed=args.seed), file=sys.stderr)
     return 0
@@ -160,7 +173,7 @@ def export(args: argparse.Namespace) -> dict:
     import onnxruntime
     import torch
 
-    from . import video_export  # torch at import time: only when exporting
+    from . import detector_export, video_export  # torch at import time: only when exporting
     from .modules import ImageEncoder, PromptDecoder
 
     t0 = time.perf_counter()
@@ -201,12 +214,27 @@ def export(args: argparse.Namespace) -> dict:
         want_video = getattr(args, "video", False)
         video = _export_video(args, model, fingerprint, staged) if want_video else None
         video_rels = [m["file"] for m in video["models"].values()] if video else []
+        detector = _export_detector(args, staged) if getattr(args, "detector", None) else None
+        detector_rels = [m["file"] for m in detector["models"].values()] if detector else []
         # TensorRT engines are named by the exported files: a re-export never reuses old ones.
         key = repository.engine_cache_key(
-            [staged / enc_rel, staged / dec_rel, *(staged / rel for rel in video_rels)], opts
+            [
+                staged / enc_rel,
+                staged / dec_rel,
+                *(staged / rel for rel in [*video_rels, *detector_rels]),
+            ],
+            opts,
         )
         opts = dataclasses.replace(opts, engine_cache_key=key)
-        configs = repository.config_files(opts, video=bool(video))
+        if detector:
+            info = detector["detector"]
+            opts = dataclasses.replace(
+                opts,
+                detector_shortest_edge=info["shortest_edge"],
+                detector_longest_edge=info["longest_edge"],
+                detector_num_queries=info["num_queries"],
+            )
+        configs = repository.config_files(opts, video=bool(video), detector=bool(detector))
         for rel, text in configs.items():
             (staged / rel).parent.mkdir(parents=True, exist_ok=True)
             (staged / rel).write_text(text)
@@ -230,27 +258,34 @@ def export(args: argparse.Namespace) -> dict:
             },
             "models": {
                 rel.split("/")[0]: _describe(staged / rel, rel)
-                for rel in (enc_rel, dec_rel, amg_rel, *video_rels)
+                for rel in (enc_rel, dec_rel, amg_rel, *video_rels, *detector_rels)
             },
             "parity": report.as_dict(),
             "video": _video_manifest(video),
+            "text": _text_manifest(detector),
             "seconds": {
                 **timings,
                 **({"video": video["seconds"]["total"]} if video else {}),
+                **({"detector": detector["seconds"]} if detector else {}),
                 "total": round(time.perf_counter() - t0, 1),
             },
         }
         (staged / repository.MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=2) + "\n")
         video_files = video_export.video_files(video) if video else []
+        detector_files = detector["files"] if detector else []
         if interrupts:  # an interrupt that a library swallowed: never install
             raise KeyboardInterrupt(f"signal {interrupts[0]} during the export")
         install.install(
             staged,
             args.output,
-            [enc_rel, dec_rel, amg_rel, *video_files, *configs],
+            [enc_rel, dec_rel, amg_rel, *video_files, *detector_files, *configs],
             last=repository.MANIFEST_FILENAME,
-            # an earlier --video export's models would not match these weights
-            remove=[] if video else [*repository.VIDEO_MODELS, video_export.REPORT_FILE],
+            # an earlier --video export's models would not match these weights; the repository
+            # holds exactly what this export says (no text models without --detector)
+            remove=[
+                *([] if video else [*repository.VIDEO_MODELS, video_export.REPORT_FILE]),
+                *([] if detector else [*repository.TEXT_MODELS, detector_export.REPORT_FILE]),
+            ],
         )
     return manifest
 
@@ -280,6 +315,49 @@ def _export_video(args: argparse.Namespace, model, fingerprint, staged: Path) ->
             "video graphs differ from PyTorch/SAM 2: " + "; ".join(report["failures"])
         )
     return report
+
+
+def _export_detector(args: argparse.Namespace, staged: Path) -> dict:
+    """Export and verify the detector graphs into ``staged``; raise ``ParityError`` (nothing
+    installed) when a check fails."""
+    from . import detector_export
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    report = detector_export.stage_detector(args.detector, staged, progress=say)
+    for name, result in report["verify"].items():
+        cases = [c for c in result["cases"].values() if "slots" in c]
+        worst = {k: max((c["slots"][k] for c in cases), default=0.0) for k in ("box_px", "score")}
+        tied = sum(c["tied_slots"] for c in cases)
+        print(
+            f"  {name}: boxes {worst['box_px']:.2e} px, scores {worst['score']:.2e} "
+            f"(ONNX vs transformers; {tied} near-tied query slots left out)",
+            file=sys.stderr,
+        )
+    print(f"  detector verification {'PASSED' if report['passed'] else 'FAILED'}", file=sys.stderr)
+    if not report["passed"]:
+        raise ParityError(
+            "detector graphs differ from transformers: " + "; ".join(report["failures"])
+        )
+    return report
+
+
+def _text_manifest(report: dict | None) -> dict:
+    """The manifest's ``text`` entry: whether the text models are part of this export."""
+    from .detector_export import REPORT_FILE
+
+    if report is None:
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "graphs": list(report["models"]),
+        "model": text_spec.TEXT_MODEL,
+        "detector": report["detector"],
+        "model_dir": report["model_dir"],
+        "report": REPORT_FILE,
+        "passed": report["passed"],
+    }
 
 
 def _video_manifest(report: dict | None) -> dict:

@@ -40,7 +40,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from sam2_triton import spec, video_spec
+from sam2_triton import spec, text_spec, video_spec
 
 FLAVOURS = ("gpu", "cpu")
 CPU_CONFIG_NAME = "cpu"
@@ -144,6 +144,16 @@ class RepositoryOptions:
     video_attention_batch_bytes: ``sam2_video``: bytes of attention matrices (4096 queries x
         keys, float32; ~470 MB per object at 7 memories) one memory attention call may hold.
         The CPU is compute-bound there (a batch only adds memory): ``cpu_video_attention_...``.
+    detector_shortest_edge / detector_longest_edge: the Grounding DINO processor's resize
+        (``sam2-triton export --detector`` reads them from the model directory); the two
+        detector graphs' static canvases follow (``text_spec.canvases``).
+    detector_num_queries: the detector's queries (its outputs' second dimension).
+    detector_max_batch_size: largest detector batch the dynamic batcher forms on the GPU
+        (only requests of equal text length share a batch: padding text would change results);
+        ``cpu_detector_max_batch_size`` on the CPU.
+    detector_precision: ``fp16`` (TensorRT FP16, LayerNorm in FP32) or ``fp32`` (TensorRT FP32)
+        on the GPU flavour; see docs/text.md for what was measured.
+    text_max_pending: requests ``sam2_text`` runs at once (each holds an image's features).
     """
 
     image_dtype: str = "float32"
@@ -171,6 +181,13 @@ class RepositoryOptions:
     video_queue_delay_us: int = 5000
     video_attention_batch_bytes: int = 8 << 30
     cpu_video_attention_batch_bytes: int = 1 << 30
+    detector_shortest_edge: int = text_spec.SHORTEST_EDGE
+    detector_longest_edge: int = text_spec.LONGEST_EDGE
+    detector_num_queries: int = text_spec.NUM_QUERIES
+    detector_max_batch_size: int = 4
+    cpu_detector_max_batch_size: int = 1
+    detector_precision: str = "fp16"
+    text_max_pending: int = 8
 
     def __post_init__(self) -> None:
         if self.image_dtype not in ("float32", "float16", "uint8"):
@@ -214,9 +231,23 @@ class RepositoryOptions:
             "video_max_requests",
             "video_attention_batch_bytes",
             "cpu_video_attention_batch_bytes",
+            "detector_shortest_edge",
+            "detector_num_queries",
+            "detector_max_batch_size",
+            "cpu_detector_max_batch_size",
+            "text_max_pending",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.detector_longest_edge < self.detector_shortest_edge:
+            raise ValueError(
+                f"detector_longest_edge ({self.detector_longest_edge}) must be >= "
+                f"detector_shortest_edge ({self.detector_shortest_edge})"
+            )
+        if self.detector_precision not in ("fp16", "fp32"):
+            raise ValueError(
+                f"detector_precision must be fp16 or fp32, got {self.detector_precision!r}"
+            )
         if int(self.video_queue_delay_us) < 0:
             raise ValueError(
                 f"video_queue_delay_us must be >= 0, got {self.video_queue_delay_us!r}"
@@ -243,9 +274,10 @@ def _trt(
     model: str,
     opts: RepositoryOptions,
     profile: dict[str, str] | None = None,
+    precision: str = "FP16",
 ) -> None:
     params = {
-        "precision_mode": "FP16",
+        "precision_mode": precision,
         "max_workspace_size_bytes": str(opts.workspace_bytes),
         "trt_engine_cache_enable": "true",
         "trt_engine_cache_path": f"{opts.engine_cache_dir}/{model}",
@@ -740,6 +772,106 @@ def video_stream_config(
     return cfg
 
 
+# --- text prompts (sam2-triton export --detector) ------------------------------------------------
+DETECTOR_GRAPHS = tuple(text_spec.DETECTOR_MODELS.values())
+# what --detector adds
+TEXT_MODELS = (*DETECTOR_GRAPHS, text_spec.TEXT_MODEL)
+
+
+def detector_canvas(model: str, opts: RepositoryOptions = RepositoryOptions()) -> tuple[int, int]:
+    """The static (H, W) of a detector graph."""
+    orientation = {v: k for k, v in text_spec.DETECTOR_MODELS.items()}[model]
+    return text_spec.canvases(opts.detector_shortest_edge, opts.detector_longest_edge)[orientation]
+
+
+def detector_config(
+    model: str, flavour: str, opts: RepositoryOptions = RepositoryOptions()
+) -> mc.ModelConfig:
+    """Config of one Grounding DINO graph (one per canvas): batched, dynamic batching.
+
+    GPU flavour: TensorRT (``detector_precision``) with one profile over batch 1..max and text
+    length 1..256, and a warmup at batch 1 (the engine is built at load). Requests of different
+    text lengths never share a batch (their shapes differ), so no prompt is padded.
+    """
+    gpu = flavour == "gpu"
+    canvas = detector_canvas(model, opts)
+    batch = opts.detector_max_batch_size if gpu else opts.cpu_detector_max_batch_size
+    cfg = _onnx_model(
+        model,
+        flavour,
+        batch,
+        text_spec.detector_inputs(canvas),
+        text_spec.detector_outputs(opts.detector_num_queries),
+    )
+    cfg.dynamic_batching.max_queue_delay_microseconds = opts.queue_delay_us
+    if gpu:
+        h, w = canvas
+        lo = {
+            text_spec.PIXEL_VALUES: (1, 3, h, w),
+            text_spec.PIXEL_MASK: (1, h, w),
+            **{n: (1, 1) for n in text_spec.TEXT_INPUT_NAMES},
+        }
+        hi = {
+            text_spec.PIXEL_VALUES: (batch, 3, h, w),
+            text_spec.PIXEL_MASK: (batch, h, w),
+            **{n: (batch, text_spec.MAX_TEXT_LEN) for n in text_spec.TEXT_INPUT_NAMES},
+        }
+        opt = {**lo, **{n: (1, 16) for n in text_spec.TEXT_INPUT_NAMES}}
+        _trt(
+            cfg,
+            model,
+            opts,
+            {
+                "trt_profile_min_shapes": _shape_str(lo),
+                "trt_profile_opt_shapes": _shape_str(opt),
+                "trt_profile_max_shapes": _shape_str(hi),
+            },
+            precision=opts.detector_precision.upper(),
+        )
+        warm = cfg.model_warmup.add(name="one_image", batch_size=1)
+        for t in text_spec.detector_inputs(canvas):
+            w_in = warm.inputs[t.name]
+            w_in.data_type = _DTYPES[t.dtype]
+            w_in.dims.extend(opt[t.name][1:])
+            if t.dtype == "float32":
+                w_in.random_data = True
+            else:
+                w_in.zero_data = True
+    return cfg
+
+
+def text_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> mc.ModelConfig:
+    """The ``sam2_text`` config: python backend; BLS to a detector graph, the encoder and the
+    decoder; encoded image + text (+ JSON options) in, JSON out. Its environment needs
+    ``sam2-triton-server`` with ``tokenizers`` (the derived image has both)."""
+    _check_flavour(flavour)
+    cfg = mc.ModelConfig(name=text_spec.TEXT_MODEL, max_batch_size=0)
+    for t in text_spec.text_inputs():
+        cfg.input.append(
+            mc.ModelInput(
+                name=t.name,
+                data_type=_DTYPES[t.dtype],
+                dims=list(t.shape),
+                optional=t.name == text_spec.TEXT_OPTIONS,
+            )
+        )
+    cfg.output.extend(_tensor(t, False, mc.ModelOutput) for t in text_spec.text_outputs())
+    _bls_model(
+        cfg,
+        flavour,
+        opts,
+        {
+            "ENCODER_IMAGE_DTYPE": opts.image_dtype,
+            "SEGMENT_MAX_PENDING": str(opts.text_max_pending),
+            "DETECTOR_LANDSCAPE_MODEL": text_spec.DETECTOR_MODELS["landscape"],
+            "DETECTOR_PORTRAIT_MODEL": text_spec.DETECTOR_MODELS["portrait"],
+            "DETECTOR_SHORTEST_EDGE": str(opts.detector_shortest_edge),
+            "DETECTOR_LONGEST_EDGE": str(opts.detector_longest_edge),
+        },
+    )
+    return cfg
+
+
 def _python_params(cfg: mc.ModelConfig) -> None:
     # The python-backend stub runs in isolated mode; sam2-triton serve points it at the
     # environment that has onnxruntime (see sam2_triton_serve.launcher).
@@ -780,6 +912,11 @@ MODEL_SHIMS = {
         "sam2_video_stream: propagation streamed frame by frame (decoupled, BLS).",
         "video_stream",
     ),
+    **{name: _ONNX_SHIM for name in text_spec.DETECTOR_MODELS.values()},
+    text_spec.TEXT_MODEL: (
+        "sam2_text: text prompts -> masks (Grounding DINO + SAM 2, BLS).",
+        "text",
+    ),
 }
 
 
@@ -796,10 +933,11 @@ PYTHON_MODEL_SHIM = model_shim(spec.ENCODER_MODEL)
 
 
 def config_files(
-    opts: RepositoryOptions = RepositoryOptions(), video: bool = False
+    opts: RepositoryOptions = RepositoryOptions(), video: bool = False, detector: bool = False
 ) -> dict[str, str]:
     """Every file of the repository except the ONNX models: relative path -> text. ``video``:
-    also the five video graphs and ``sam2_video`` (``sam2-triton export --video``)."""
+    also the five video graphs and ``sam2_video`` (``sam2-triton export --video``);
+    ``detector``: the two detector graphs and ``sam2_text`` (``--detector``)."""
     files = {}
     builders = [
         (spec.ENCODER_MODEL, encoder_config),
@@ -816,6 +954,11 @@ def config_files(
         ]
         builders.append((video_spec.VIDEO_MODEL, video_config))
         builders.append((video_spec.VIDEO_STREAM_MODEL, video_stream_config))
+    if detector:
+        builders += [
+            (name, lambda f, o, name=name: detector_config(name, f, o)) for name in DETECTOR_GRAPHS
+        ]
+        builders.append((text_spec.TEXT_MODEL, text_config))
     for name, build in builders:
         files[f"{name}/config.pbtxt"] = render(build("gpu", opts))
         files[f"{name}/configs/{CPU_CONFIG_NAME}.pbtxt"] = render(build("cpu", opts))

@@ -27,9 +27,18 @@ from sam2_triton.prompts import WirePrompt, plan_decode, validate_prompt
 from sam2_triton.types import Prompt
 
 from ._triton import RequestError
-from .oneshot import OneShotModel, decode_image, image_bytes, parse_json_object
+from .oneshot import BLSModels, OneShotModel, decode_image, image_bytes, parse_json_object
 
-__all__ = ("TritonPythonModel", "decode_image", "image_bytes", "parse_prompts", "wire_prompts")
+__all__ = (
+    "TritonPythonModel",
+    "decode_image",
+    "decode_masks",
+    "image_bytes",
+    "parse_prompts",
+    "png_base64",
+    "rle",
+    "wire_prompts",
+)
 
 MAX_OBJECTS = 256
 OBJECT_KEYS = ("points", "labels", "box")
@@ -106,6 +115,29 @@ def wire_prompts(prompts: list[tuple[str, Prompt]], orig_hw: tuple[int, int]) ->
     return wire
 
 
+# --- masks ------------------------------------------------------------------------------------
+def decode_masks(
+    models: BLSModels,
+    features: list[Any],
+    fingerprint: np.ndarray,
+    wire: list[WirePrompt],
+    orig_hw: tuple[int, int],
+    multimask: bool,
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """``SAM2ImagePredictor.predict`` for each prompt on one image's features: per prompt, in
+    order, its masks ``[C, H, W]`` bool, their scores ``[C]`` float32 and the object score
+    logit (C = 3 with ``multimask``, else 1). Prompts of equal point count share decoder calls
+    (``plan_decode``); ``transforms.select_masks``/``postprocess`` do SAM 2's post-processing."""
+    results: list[tuple[np.ndarray, np.ndarray, float] | None] = [None] * len(wire)
+    for chunk in plan_decode(wire, spec.MAX_PROMPTS_PER_REQUEST):
+        low, iou, obj = models.decode(features, fingerprint, chunk)
+        low, iou = transforms.select_masks(low, iou, multimask)
+        masks, _ = transforms.postprocess(low, orig_hw, return_logits=False)
+        for row, i in enumerate(chunk.indices.tolist()):
+            results[i] = (masks[row], iou[row], float(obj[row].reshape(-1)[0]))
+    return [r for r in results if r is not None]
+
+
 # --- the masks as JSON ------------------------------------------------------------------------
 def rle(masks: np.ndarray) -> list[dict[str, Any]]:
     """Bool masks ``[C, H, W]`` as COCO compressed RLE: ``{"size": [H, W], "counts": str}``."""
@@ -149,17 +181,16 @@ class TritonPythonModel(OneShotModel):
         features, fingerprint = self.models.encode(image01)
         del image01
         encode = rle if fmt == "rle" else png_base64
-        results: list[dict[str, Any] | None] = [None] * len(wire)
-        for chunk in plan_decode(wire, spec.MAX_PROMPTS_PER_REQUEST):
-            low, iou, obj = self.models.decode(features, fingerprint, chunk)
-            low, iou = transforms.select_masks(low, iou, multimask)
-            masks, _ = transforms.postprocess(low, orig_hw, return_logits=False)
-            for row, i in enumerate(chunk.indices.tolist()):
-                results[i] = {
-                    "masks": encode(masks[row]),
-                    "scores": [float(s) for s in iou[row]],
-                    "object_score_logit": float(obj[row].reshape(-1)[0]),
-                }
+        results = [
+            {
+                "masks": encode(masks),
+                "scores": [float(s) for s in scores],
+                "object_score_logit": obj,
+            }
+            for masks, scores, obj in decode_masks(
+                self.models, features, fingerprint, wire, orig_hw, multimask
+            )
+        ]
         return {
             "width": orig_hw[1],
             "height": orig_hw[0],
