@@ -382,14 +382,18 @@ def test_model_configs_cache_engines_in_the_volume(rendered):
     assert len(video_paths) == 5 and video_paths <= folders, video_paths - folders
     # and the detector graphs of `sam2-triton export --detector`
     text = repository.config_files(detector=True)
-    text_paths = {
-        path
-        for rel, body in text.items()
-        if rel.endswith("/config.pbtxt")
-        for path in re.findall(
-            r'key:\s*"trt_(?:engine|timing)_cache_path"\s*value:\s*"([^"]+)"', body
-        )
-    } - video_paths - {"/engine_cache/sam2_encoder", "/engine_cache/sam2_decoder"}
+    text_paths = (
+        {
+            path
+            for rel, body in text.items()
+            if rel.endswith("/config.pbtxt")
+            for path in re.findall(
+                r'key:\s*"trt_(?:engine|timing)_cache_path"\s*value:\s*"([^"]+)"', body
+            )
+        }
+        - video_paths
+        - {"/engine_cache/sam2_encoder", "/engine_cache/sam2_decoder"}
+    )
     assert len(text_paths) == 2 and text_paths <= folders, text_paths - folders
 
 
