@@ -448,29 +448,36 @@ def _tied(*rows: list[float], k: int, **kw: float) -> list[list[bool]]:
 
 
 def test_tied_slots_marks_the_slots_of_a_near_tie() -> None:
-    m = dv.TIE_MARGIN
-    clean = [9.0, 7.0, 5.0, 3.0, 1.0, -1.0]
-    assert _tied(clean, k=3) == [[False, False, False]]
+    m = dv.TIE_MARGIN  # absolute for scores of magnitude <= 1, relative above
+
+    def tied(*rows: list[float], k: int, **kw: float) -> list[list[bool]]:
+        return _tied(*([v / 10 for v in row] for row in rows), k=k, **kw)
+
+    clean = [9.0, 7.0, 5.0, 3.0, 1.0, -1.0]  # scores 0.9 .. -0.1
+    assert tied(clean, k=3) == [[False, False, False]]
     # a near-tie inside the top 3 marks both of its slots, and only them
-    assert _tied([9.0, 7.0, 7.0 - m / 2, 3.0, 1.0, -1.0], k=3) == [[False, True, True]]
-    assert _tied([9.0, 9.0, 5.0, 3.0, 1.0, -1.0], k=3) == [[True, True, False]]
+    assert tied([9.0, 7.0, 7.0 - 5 * m, 3.0, 1.0, -1.0], k=3) == [[False, True, True]]
+    assert tied([9.0, 9.0, 5.0, 3.0, 1.0, -1.0], k=3) == [[True, True, False]]
     # three in a row: all three
-    assert _tied([9.0, 7.0, 7.0, 7.0, 1.0, -1.0], k=4) == [[False, True, True, True]]
+    assert tied([9.0, 7.0, 7.0, 7.0, 1.0, -1.0], k=4) == [[False, True, True, True]]
     # the k-th against the first proposal left out: slot k - 1 only
-    assert _tied([9.0, 7.0, 5.0, 5.0 - m / 2, 1.0, -1.0], k=3) == [[False, False, True]]
+    assert tied([9.0, 7.0, 5.0, 5.0 - 5 * m, 1.0, -1.0], k=3) == [[False, False, True]]
     # below the boundary, or gaps above the margin: nothing
-    assert _tied([9.0, 7.0, 5.0, 3.0, 1.0, 1.0], k=3) == [[False, False, False]]
-    above = [9.0, 9.0 - 2 * m, 9.0 - 4 * m, 9.0 - 6 * m, 1.0, -1.0]
-    assert _tied(above, k=3) == [[False, False, False]]
+    assert tied([9.0, 7.0, 5.0, 3.0, 1.0, 1.0], k=3) == [[False, False, False]]
+    above = [9.0, 9.0 - 20 * m, 9.0 - 40 * m, 9.0 - 60 * m, 1.0, -1.0]
+    assert tied(above, k=3) == [[False, False, False]]
+    # large scores: the margin grows with them (float32 noise is relative)
+    big = [[90.0, 90.0 - 50 * m, 50.0, 40.0], [90.0, 90.0 - 200 * m, 50.0, 40.0]]
+    assert _tied(*big, k=2) == [[True, True], [False, False]]
     # the margin is a parameter: exact ties are below any positive one, none below 0
-    assert _tied(clean, k=3, margin=2.5) == [[True, True, True]]
-    assert _tied([9.0, 9.0, 5.0, 5.0, 1.0, -1.0], k=3, margin=0.0) == [[False] * 3]
+    assert tied(clean, k=3, margin=2.5) == [[True, True, True]]
+    assert tied([9.0, 9.0, 5.0, 5.0, 1.0, -1.0], k=3, margin=0.0) == [[False] * 3]
     # batch rows are independent
     rows = (clean, [9.0, 7.0, 5.0, 5.0, 1.0, -1.0], [9.0, 9.0, 5.0, 3.0, 1.0, -1.0])
-    assert _tied(*rows, k=3) == [[False] * 3, [False, False, True], [True, True, False]]
+    assert tied(*rows, k=3) == [[False] * 3, [False, False, True], [True, True, False]]
     # k = S: no proposal left out, the last slot is compared with the one above it only
-    assert _tied(clean, k=len(clean)) == [[False] * len(clean)]
-    assert _tied([9.0, 7.0, 5.0, 3.0, 1.0, 1.0], k=6) == [[False] * 4 + [True] * 2]
+    assert tied(clean, k=len(clean)) == [[False] * len(clean)]
+    assert tied([9.0, 7.0, 5.0, 3.0, 1.0, 1.0], k=6) == [[False] * 4 + [True] * 2]
 
 
 def _pp_of(probs: np.ndarray, boxes: np.ndarray, labels: list[str]) -> dict:

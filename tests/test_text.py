@@ -52,8 +52,17 @@ def reference(detector_dir, sam2_model):
     return processor, model, SAM2ImagePredictor(sam2_model), info
 
 
-def lang_sam(reference, image: np.ndarray, text: str, box_t: float, text_t: float, pad: bool):
-    """``LangSAM.predict([image], [text])`` in-process (lang_sam.py, models/gdino.py, sam.py)."""
+def lang_sam(
+    reference,
+    image: np.ndarray,
+    text: str,
+    box_t: float,
+    text_t: float,
+    pad: bool,
+    sam: bool = True,
+):
+    """``LangSAM.predict([image], [text])`` in-process (lang_sam.py, models/gdino.py, sam.py);
+    ``sam=False``: the detector half only."""
     import torch
 
     processor, model, predictor, info = reference
@@ -78,7 +87,7 @@ def lang_sam(reference, image: np.ndarray, text: str, box_t: float, text_t: floa
         "pixel_values": inputs["pixel_values"].numpy(),
         "tied": detector_verify.tied_slots(out.enc_outputs_class.numpy(), out.logits.shape[1]),
     }
-    if len(boxes):
+    if len(boxes) and sam:
         predictor.set_image(image)
         masks, scores, _ = predictor.predict(box=boxes, multimask_output=False)
         result["masks"] = masks.reshape(len(boxes), *image.shape[:2]) > 0.5
@@ -121,7 +130,7 @@ def test_sam2_text_equals_lang_sam(
     ref = lang_sam(reference, image, text, box_t, text_t, pad=True)
     assert not ref["tied"].any(), "this input has near-tied proposals: pick another seed"
     if detector_pad_hw(hw, reference[3]) == hw:  # fills the canvas: Lang-SAM's unpadded call
-        unpadded = lang_sam(reference, image, text, box_t, text_t, pad=False)
+        unpadded = lang_sam(reference, image, text, box_t, text_t, pad=False, sam=False)
         np.testing.assert_array_equal(unpadded["pixel_values"], ref["pixel_values"])
         np.testing.assert_array_equal(unpadded["boxes"], ref["boxes"])
     stats = Requests(text_triton_server)

@@ -153,7 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sub = parser.add_subparsers(
         dest="bench_command",
-        metavar="{video,video-scale}",
+        metavar="{video,video-scale,text}",
         help="optional: run another benchmark instead (its options follow it)",
     )
     from . import video_bench
@@ -172,6 +172,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description=video_scale_bench.__doc__.split("\n\n")[0],
     )
     video_scale_bench.add_arguments(scale)
+    from . import text_bench
+
+    text = sub.add_parser(
+        "text",
+        help="text prompts: Grounding DINO + SAM 2 on Triton (sam2_text) vs Lang-SAM's pipeline "
+        "in PyTorch",
+        description=text_bench.__doc__.split("\n\n")[0],
+    )
+    text_bench.add_arguments(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,6 +195,11 @@ def run(args: argparse.Namespace) -> int:
 
         argv = sys.argv[sys.argv.index("video-scale") + 1 :] if "video-scale" in sys.argv else []
         return video_scale_bench.run(args, argv)
+    if getattr(args, "bench_command", None) == "text":
+        from . import text_bench
+
+        argv = sys.argv[sys.argv.index("text") + 1 :] if "text" in sys.argv else []
+        return text_bench.run(args, argv)
     log = Progress()
     if getattr(args, "only", None):
         args.skip = [

@@ -122,7 +122,7 @@ class LangSAM:
 
     def segment(
         self,
-        image: Any,
+        image: object,
         text: str,
         box_threshold: float = text_spec.BOX_THRESHOLD,
         text_threshold: float = text_spec.TEXT_THRESHOLD,
@@ -218,7 +218,7 @@ class AsyncLangSAM:
 
     async def segment(
         self,
-        image: Any,
+        image: object,
         text: str,
         box_threshold: float = text_spec.BOX_THRESHOLD,
         text_threshold: float = text_spec.TEXT_THRESHOLD,

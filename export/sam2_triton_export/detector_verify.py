@@ -4,14 +4,14 @@ Per case, the same processor outputs go to both; compared slot by slot (query by
 logits (finite entries; the -inf pattern must be equal), the boxes, and after
 ``post_process_grounded_object_detection`` with Lang-SAM's thresholds which queries are kept,
 their labels, scores and boxes in pixels. Tolerances: measured on seeded tiny configs (logits
-<= 1e-4, boxes after post-processing <= 1.2e-4 px); the issue's gate for boxes is 1e-3 px.
+<= 1.7e-3, boxes after post-processing <= 2.4e-4 px); the issue's gate for boxes is 1e-3 px.
 
 Near-ties: the decoder's queries are the top-k encoder proposals, sorted, and each slot has its
 own learned content embedding. Two proposals whose scores differ by less than float noise may
 come out in the other order (or, at the k-th place, one instead of the other); the two slots
 then hold different proposals and legitimately differ, while every other slot still agrees to
-~1e-4 (measured). Such slots (``tied_slots``: a neighbour within :data:`TIE_MARGIN` in the
-reference's sorted scores) are reported and left out of the gates.
+float noise (measured). Such slots (``tied_slots``: a neighbour within :data:`TIE_MARGIN`,
+relative, in the reference's sorted scores) are reported and left out of the gates.
 """
 
 from __future__ import annotations
@@ -25,16 +25,21 @@ import torch
 
 from sam2_triton import text_spec
 
-LOGITS_TOLERANCE = 1e-3
+# ONNX vs transformers, measured on random weights: the test architecture agrees to logits
+# 9.5e-5 and scores 1.8e-5; the published architecture (Swin-T, 6+6 layers, logits up to ~60)
+# to logits 1.7e-3 and scores 2.9e-4 (float32 noise, relative ~3e-5). A wrong graph is off by
+# far more (one perturbed box-head bias: logits 0.8, boxes 16 px).
+LOGITS_TOLERANCE = 5e-3
 BOXES_TOLERANCE = 1e-5
 BOX_PX_TOLERANCE = 1e-3
-SCORE_TOLERANCE = 1e-4  # sigmoid of logits within 1e-3: <= 2.5e-4; measured <= 1.8e-5
+SCORE_TOLERANCE = 5e-4  # the sigmoid's slope is at most 1/4: logits within 2e-3
 # a probability this close to a threshold may flip a strict ">" on float noise: that query's
 # kept status or label is reported, not failed
 THRESHOLD_MARGIN = 1e-5
-# encoder proposal scores closer than this may swap places between torch and onnxruntime (their
-# encoders agree to ~1e-5; measured swaps at gaps of 2e-6, none above 4e-4)
-TIE_MARGIN = 1e-4
+# encoder proposal scores closer than this, relative to their size (at least 1), may swap places
+# between torch and onnxruntime: their encoders agree to ~1e-5 relative; swaps were measured at
+# gaps of 2e-6 (scores ~10) and 1e-4..3e-4 (scores ~50)
+TIE_MARGIN = 2e-5
 
 
 class VerifyCase(NamedTuple):
@@ -124,12 +129,13 @@ def topk_margins(enc_outputs_class: np.ndarray, k: int) -> dict[str, float]:
 
 
 def tied_slots(enc_outputs_class: np.ndarray, k: int, margin: float = TIE_MARGIN) -> np.ndarray:
-    """[B, k] bool: query slots whose proposal score is within ``margin`` of a neighbour's in the
-    sorted top-k (+1: the k-th slot against the first proposal left out)."""
+    """[B, k] bool: query slots whose proposal score is within ``margin`` x max(1, |score|) of a
+    neighbour's in the sorted top-k (+1: the k-th slot against the first proposal left out)."""
     scores = np.nan_to_num(enc_outputs_class.max(-1).astype(np.float64), neginf=-1e30)
     top = -np.sort(-scores, axis=1)[:, : k + 1]
     close = np.zeros((top.shape[0], k), bool)  # [B, k]: slot i vs slot i + 1 (k = S: no k+1-th)
-    close[:, : top.shape[1] - 1] = (top[:, :-1] - top[:, 1:]) < margin
+    scale = np.maximum(1.0, np.abs(top[:, 1:]))
+    close[:, : top.shape[1] - 1] = (top[:, :-1] - top[:, 1:]) < margin * scale
     tied = close.copy()
     tied[:, 1:] |= close[:, :-1]
     return tied
