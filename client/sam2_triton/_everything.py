@@ -40,7 +40,7 @@ def encoded_image(image: object) -> bytes:
             )
         pixels = image
     elif isinstance(image, Image.Image):
-        rgb01 = transforms.load_image(image)  # EXIF orientation and mode handled as everywhere
+        rgb01 = transforms.load_image(image)  # as is: no EXIF transpose for PIL
         pixels = np.clip(np.rint(rgb01 * 255.0), 0, 255).astype(np.uint8)
     else:
         raise InvalidImageError(
