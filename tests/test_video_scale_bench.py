@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sam2_triton import video_spec as vs
-from sam2_triton_bench import cli
+from sam2_triton_bench import cli, targets
 from sam2_triton_bench import video_bench as vb
 from sam2_triton_bench import video_scale_bench as vsb
 from sam2_triton_bench import video_scale_report as vsr
@@ -204,7 +204,7 @@ def test_a_cached_video_export_with_stale_configs_is_exported_again(
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 0, "")
 
-    monkeypatch.setattr(vb.subprocess, "run", fake_run)
+    monkeypatch.setattr(targets.subprocess, "run", fake_run)  # the export runs in a subprocess
     logs: list[str] = []
     assert vb.ensure_video_export(tmp_path, 0, logs.append) == repo
     assert calls == [] and "reusing" in logs[-1]  # every config as the export writes it

@@ -395,6 +395,13 @@ def other_sections(markdown: str) -> str:
     return ("\n" + "".join(kept)) if kept else ""
 
 
+def write_section(path: Path, heading: str, text: str, keep: tuple[str, ...] = ()) -> None:
+    """Replace (or append) the section ``heading`` of the markdown file ``path`` by ``text``
+    (``replace_section``; a missing file is created)."""
+    old = path.read_text() if path.exists() else ""
+    path.write_text(replace_section(old, heading, text, keep=keep))
+
+
 def replace_section(markdown: str, heading: str, text: str, keep: tuple[str, ...] = ()) -> str:
     """``markdown`` with its section ``heading`` (up to the next ``## `` heading) replaced by
     ``text``, or ``text`` appended when there is none. The old section's subsections whose

@@ -94,25 +94,55 @@ def ensure_export(
         if checkpoint is None
         else ["--checkpoint", str(checkpoint)]
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "sam2_triton_app.cli",  # `sam2-triton export`
-        "export",
-        "--variant",
-        variant,
-        *weights,
-        "--embedding-dtype",
-        embedding_dtype,
-        "--output",
-        str(repo),
-    ]
+    args = ["--variant", variant, *weights, "--embedding-dtype", embedding_dtype]
     log(f"exporting {variant} ({embedding_dtype} features) into {repo} (cached for later runs)")
+    return run_export(args, repo)
+
+
+def run_export(args: list[str], repo: Path) -> Path:
+    """``sam2-triton export ARGS --output REPO`` in a subprocess (its torch stays out of the
+    benchmark's process); returns ``repo``, BenchSetupError with the output's tail on failure."""
+    cmd = [sys.executable, "-m", "sam2_triton_app.cli", "export", *args, "--output", str(repo)]
     repo.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise BenchSetupError(f"`{' '.join(cmd)}` failed:\n{proc.stdout[-3000:]}")
     return repo
+
+
+def stale_configs(repo: Path, manifest: dict, *, video: bool, detector: bool) -> list[str]:
+    """Config files and ``model.py`` shims of a cached export that the current exporter would
+    write differently (or not at all), rebuilt from the options its manifest records; an export
+    made before a config change is then exported again rather than benchmarked as it is."""
+    from sam2_triton_serve import repository
+
+    try:
+        det = manifest.get("text", {}).get("detector", {}) if detector else {}
+        opts = repository.RepositoryOptions(
+            image_dtype=manifest.get("image_dtype", "float32"),
+            feature_dtype=manifest.get("feature_dtype", "float32"),
+            engine_cache_key=manifest.get("engine_cache_key", ""),
+            **(
+                {
+                    "detector_shortest_edge": det["shortest_edge"],
+                    "detector_longest_edge": det["longest_edge"],
+                    "detector_num_queries": det["num_queries"],
+                }
+                if detector
+                else {}
+            ),
+        )
+        want = repository.config_files(opts, video=video, detector=detector)
+    except (KeyError, TypeError, ValueError):
+        return ["the manifest's options"]
+    stale = []
+    for rel, text in want.items():
+        try:
+            if (repo / rel).read_text() != text:
+                stale.append(rel)
+        except (OSError, UnicodeDecodeError):
+            stale.append(rel)
+    return stale
 
 
 @dataclass

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -47,7 +46,15 @@ from . import machine
 from .everything_bench import parse_sizes, png_seconds, stats_delta
 from .metrics import model_statistics
 from .stats import Rounds, paired_ratio, summarize
-from .targets import BenchSetupError, _matches, default_work_dir, has_models, read_manifest
+from .targets import (
+    BenchSetupError,
+    _matches,
+    default_work_dir,
+    has_models,
+    read_manifest,
+    run_export,
+    stale_configs,
+)
 from .text_report import HEADING, KEEP, section
 from .text_sides import SIDES, LangSamTorch, calibrate, exactness, one_image, picture
 from .video_bench import state_dict_for
@@ -77,34 +84,6 @@ def ensure_random_detector(work_dir: Path, arch: str, seed: int, log: Any) -> Pa
     return out
 
 
-def stale_configs(repo: Path, manifest: dict) -> list[str]:
-    """Config files and shims of ``repo`` that the current exporter would write differently."""
-    from sam2_triton_serve import repository
-
-    det = manifest.get("text", {}).get("detector", {})
-    try:
-        opts = repository.RepositoryOptions(
-            image_dtype=manifest.get("image_dtype", "float32"),
-            feature_dtype=manifest.get("feature_dtype", "float32"),
-            engine_cache_key=manifest.get("engine_cache_key", ""),
-            detector_shortest_edge=det["shortest_edge"],
-            detector_longest_edge=det["longest_edge"],
-            detector_num_queries=det["num_queries"],
-        )
-        video = bool(manifest.get("video", {}).get("enabled"))
-        want = repository.config_files(opts, video=video, detector=True)
-    except (KeyError, TypeError, ValueError):
-        return ["the manifest's options"]
-    stale = []
-    for rel, text in want.items():
-        try:
-            if (repo / rel).read_text() != text:
-                stale.append(rel)
-        except (OSError, UnicodeDecodeError):
-            stale.append(rel)
-    return stale
-
-
 def ensure_text_export(
     work_dir: Path, variant: str, checkpoint: Path | None, seed: int, detector: Path, log: Any
 ) -> Path:
@@ -125,20 +104,15 @@ def ensure_text_export(
         and text.get("model_dir") == str(det)
         and all((repo / g / "1" / "model.onnx").is_file() for g in text_spec.DETECTOR_MODELS.values())
     ):  # fmt: skip
-        stale = stale_configs(repo, m)
+        video = bool(m.get("video", {}).get("enabled"))
+        stale = stale_configs(repo, m, video=video, detector=True)
         if not stale:
             log(f"reusing the text export in {repo}")
             return repo
         log(f"the cached export in {repo} is stale ({', '.join(stale[:4])}): exporting again")
     weights = ["--checkpoint", str(checkpoint)] if checkpoint else ["--random-weights", "--seed", str(seed)]  # fmt: skip
-    cmd = [sys.executable, "-m", "sam2_triton_app.cli", "export", "--variant", variant,
-           *weights, "--detector", str(det), "--output", str(repo)]  # fmt: skip
     log(f"exporting {variant} with --detector {det} into {repo} (cached; minutes)")
-    repo.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise BenchSetupError(f"`{' '.join(cmd)}` failed:\n{proc.stdout[-3000:]}")
-    return repo
+    return run_export(["--variant", variant, *weights, "--detector", str(det)], repo)
 
 
 def ort_threads(repo: Path | None) -> dict[str, str]:
@@ -430,10 +404,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     text = section(result)
     print(text)
     if args.markdown:
-        from .report import replace_section
+        from .report import write_section
 
-        old = args.markdown.read_text() if args.markdown.exists() else ""
-        args.markdown.write_text(replace_section(old, HEADING, text, keep=KEEP))
+        write_section(args.markdown, HEADING, text, keep=KEEP)
         log(f"wrote the '{HEADING}' section of {args.markdown}")
     log(f"Triton / PyTorch seconds per image: {result['ratio']:.2f}x (target <= {TARGET}x: "
         f"{'met' if result['target_met'] else 'missed'}); {result['duration_s']:.0f} s")  # fmt: skip

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +52,7 @@ from sam2_triton import video_spec as vs
 from . import machine
 from .metrics import model_statistics
 from .stats import Rounds, TimedParts, paired_ratio, summarize
-from .targets import BenchSetupError, default_work_dir, read_manifest
+from .targets import BenchSetupError, default_work_dir, read_manifest, run_export, stale_configs
 
 TARGET = 1.0  # Triton propagation frames/s / SAM 2 in-process frames/s (the issue's goal)
 TIMEOUT_S = 1800.0
@@ -409,41 +408,19 @@ def ensure_video_export(work_dir: Path, seed: int, log) -> Path:
     ``work_dir``, reused when a previous run left a matching one there: same weights, and every
     config file and ``model.py`` shim as the current export would write it (an older export's
     configs, e.g. ``sam2_video`` before batching or no ``sam2_video_stream``, mean a re-export)."""
-    from sam2_triton_serve import repository
-
     repo = work_dir / f"{VARIANT}-seed{seed}-fp32"
     m = read_manifest(repo) or {}
     w = m.get("weights", {})
     if has_video(repo) and w.get("random") and w.get("seed") == seed:
-        try:  # the options the export wrote its configs with, from its manifest
-            opts = repository.RepositoryOptions(
-                image_dtype=m.get("image_dtype", "float32"),
-                feature_dtype=m.get("feature_dtype", "float32"),
-                engine_cache_key=m.get("engine_cache_key", ""),
-            )
-            want = repository.config_files(opts, video=True)
-        except (TypeError, ValueError):
-            want = None
-        stale = ["the manifest's options"] if want is None else []
-        for rel, text in (want or {}).items():
-            try:
-                if (repo / rel).read_text() != text:
-                    stale.append(rel)
-            except (OSError, UnicodeDecodeError):
-                stale.append(rel)
+        stale = stale_configs(repo, m, video=True, detector=False)
         if not stale:
             log(f"reusing the video export in {repo}")
             return repo
         log(f"the cached export in {repo} is stale ({', '.join(stale[:4])}"
             f"{', ...' if len(stale) > 4 else ''}): exporting again")  # fmt: skip
-    cmd = [sys.executable, "-m", "sam2_triton_app.cli", "export", "--variant", VARIANT,
-           "--random-weights", "--seed", str(seed), "--video", "--output", str(repo)]  # fmt: skip
     log(f"exporting {VARIANT} with --video into {repo} (cached for later runs; minutes)")
-    repo.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise BenchSetupError(f"`{' '.join(cmd)}` failed:\n{proc.stdout[-3000:]}")
-    return repo
+    args = ["--variant", VARIANT, "--random-weights", "--seed", str(seed), "--video"]
+    return run_export(args, repo)
 
 
 def state_dict_for(repo: Path | None, seed: int) -> tuple[dict, str, str]:
@@ -522,12 +499,10 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     text = report(result)
     print(text)
     if args.markdown:
-        from .report import replace_section
+        from .report import write_section
 
-        md = args.markdown
-        old = md.read_text() if md.exists() else ""
-        md.write_text(replace_section(old, "## Video", section(result), keep=KEEP))
-        log(f"wrote the '## Video' section of {md}")
+        write_section(args.markdown, "## Video", section(result), keep=KEEP)
+        log(f"wrote the '## Video' section of {args.markdown}")
     r = result["ratio"]
     log(
         f"Triton gRPC / SAM 2 propagation frames/s: {r['grpc']:.2f}x (target >= {TARGET}x: "

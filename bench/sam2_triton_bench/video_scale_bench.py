@@ -547,10 +547,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     text = section(result)
     print(text)
     if args.markdown:
-        from .report import replace_section
+        from .report import write_section
 
-        old = args.markdown.read_text() if args.markdown.exists() else ""
-        args.markdown.write_text(replace_section(old, HEADING, text, keep=KEEP))
+        write_section(args.markdown, HEADING, text, keep=KEEP)
         log(f"wrote the '{HEADING}' section of {args.markdown}")
     return 0
 

@@ -269,6 +269,27 @@ def _io(
     model_config.output.extend(_tensor(t, batched, mc.ModelOutput) for t in outputs)
 
 
+def _optional_inputs(
+    cfg: mc.ModelConfig,
+    inputs: Iterable[spec.TensorSpec],
+    required: Iterable[str] = (),
+    ragged: bool = False,
+) -> None:
+    """Full-shape inputs of a python-backend model, each optional unless named in ``required``
+    (the request's ``op`` or JSON says which it uses); ``ragged``: ``allow_ragged_batch``."""
+    required = set(required)
+    for t in inputs:
+        cfg.input.append(
+            mc.ModelInput(
+                name=t.name,
+                data_type=_DTYPES[t.dtype],
+                dims=list(t.shape),
+                optional=t.name not in required,
+                allow_ragged_batch=ragged,
+            )
+        )
+
+
 def _trt(
     model_config: mc.ModelConfig,
     model: str,
@@ -449,12 +470,7 @@ def session_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) 
     """
     _check_flavour(flavour)
     cfg = mc.ModelConfig(name=spec.SESSION_MODEL, max_batch_size=0)
-    for t in spec.session_inputs(opts.image_dtype):
-        cfg.input.append(
-            mc.ModelInput(
-                name=t.name, data_type=_DTYPES[t.dtype], dims=list(t.shape), optional=True
-            )
-        )
+    _optional_inputs(cfg, spec.session_inputs(opts.image_dtype))
     cfg.output.extend(
         _tensor(t, False, mc.ModelOutput) for t in spec.session_outputs(opts.feature_dtype)
     )
@@ -516,12 +532,7 @@ def everything_config(
     ``sam2_amg_masks`` and (for ``image_id``) ``sam2_session``; both inputs optional."""
     _check_flavour(flavour)
     cfg = mc.ModelConfig(name=spec.EVERYTHING_MODEL, max_batch_size=0)
-    for t in spec.everything_inputs():
-        cfg.input.append(
-            mc.ModelInput(
-                name=t.name, data_type=_DTYPES[t.dtype], dims=list(t.shape), optional=True
-            )
-        )
+    _optional_inputs(cfg, spec.everything_inputs())
     cfg.output.extend(_tensor(t, False, mc.ModelOutput) for t in spec.everything_outputs())
     _bls_model(
         cfg,
@@ -719,16 +730,7 @@ def video_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) ->
     cfg = mc.ModelConfig(
         name=video_spec.VIDEO_MODEL, max_batch_size=opts.video_max_requests, backend="python"
     )
-    for t in video_spec.video_inputs():
-        cfg.input.append(
-            mc.ModelInput(
-                name=t.name,
-                data_type=_DTYPES[t.dtype],
-                dims=list(t.shape),
-                optional=True,
-                allow_ragged_batch=True,
-            )
-        )
+    _optional_inputs(cfg, video_spec.video_inputs(), ragged=True)
     cfg.output.extend(_tensor(t, False, mc.ModelOutput) for t in video_spec.video_outputs())
     cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     if opts.video_request_batching:
@@ -756,16 +758,9 @@ def video_stream_config(
     instances: one stream per instance at a time."""
     _check_flavour(flavour)
     cfg = mc.ModelConfig(name=video_spec.VIDEO_STREAM_MODEL, max_batch_size=0, backend="python")
-    required = (video_spec.VIDEO_OP, video_spec.VIDEO_ID)
-    for t in video_spec.video_stream_inputs():
-        cfg.input.append(
-            mc.ModelInput(
-                name=t.name,
-                data_type=_DTYPES[t.dtype],
-                dims=list(t.shape),
-                optional=t.name not in required,
-            )
-        )
+    _optional_inputs(
+        cfg, video_spec.video_stream_inputs(), required=(video_spec.VIDEO_OP, video_spec.VIDEO_ID)
+    )
     cfg.output.extend(_tensor(t, False, mc.ModelOutput) for t in video_spec.video_stream_outputs())
     cfg.model_transaction_policy.decoupled = True
     cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=2)
@@ -846,15 +841,9 @@ def text_config(flavour: str, opts: RepositoryOptions = RepositoryOptions()) -> 
     ``sam2-triton-server`` with ``tokenizers`` (the derived image has both)."""
     _check_flavour(flavour)
     cfg = mc.ModelConfig(name=text_spec.TEXT_MODEL, max_batch_size=0)
-    for t in text_spec.text_inputs():
-        cfg.input.append(
-            mc.ModelInput(
-                name=t.name,
-                data_type=_DTYPES[t.dtype],
-                dims=list(t.shape),
-                optional=t.name == text_spec.TEXT_OPTIONS,
-            )
-        )
+    _optional_inputs(
+        cfg, text_spec.text_inputs(), required=(text_spec.TEXT_IMAGE, text_spec.TEXT_PROMPT)
+    )
     cfg.output.extend(_tensor(t, False, mc.ModelOutput) for t in text_spec.text_outputs())
     _bls_model(
         cfg,
