@@ -68,11 +68,12 @@ WARM_SEED = 10_000  # the warm-up pictures' seeds (the timed ones count from 1)
 
 # --- exports -------------------------------------------------------------------------------------
 def ensure_random_detector(work_dir: Path, arch: str, seed: int, log: Any) -> Path:
-    """``write_random_detector(arch, seed)`` in ``work_dir``, reused when complete."""
+    """``write_random_detector(arch, seed)`` in ``work_dir``, reused when complete and written
+    by the current builder (``detector_random.BUILD``)."""
     from sam2_triton_export.detector_export import REQUIRED_FILES
-    from sam2_triton_export.detector_random import write_random_detector
+    from sam2_triton_export.detector_random import BUILD, write_random_detector
 
-    out = work_dir / f"gdino-{arch}-seed{seed}"
+    out = work_dir / f"gdino-{arch}-seed{seed}-build{BUILD}"  # a new builder: a new directory
     if all((out / f).is_file() for f in REQUIRED_FILES):
         return out
     log(f"writing a Grounding DINO ({arch}) with random weights (seed {seed}) into {out}")

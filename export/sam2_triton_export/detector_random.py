@@ -14,6 +14,9 @@ from pathlib import Path
 from sam2_triton import text_spec
 
 ARCHS = ("test", "swin-t")
+# Raised whenever the weights written for an (arch, seed) change, so that caches of them (bench
+# text) are rebuilt: 2 = logits scaled by LOGIT_SCALE, 32 queries for "test".
+BUILD = 2
 # Random weights give logits of std ~8 (unscaled dot products of normalised features): nearly
 # every query's score is exactly 1.0 in float32, so thresholds and score comparisons would be
 # vacuous. The decoder's last LayerNorm (the logits are linear in it) is scaled by this factor:
